@@ -1,0 +1,129 @@
+//! [`Client`]: the catbird operations bound to a connection pool.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::executor::{Executor, Params};
+use crate::poll::PollOpts;
+use crate::queue::{self, CreateQueueOpts, Message, QueueInfo, SendManyOpts, SendOpts};
+
+/// The catbird operations on a connection pool.
+///
+/// Each method takes a pooled connection for one call. To run an operation
+/// inside your own transaction, call the free function of the same name in
+/// [`crate::queue`] with the transaction as executor. A `Client` is cheap to
+/// clone and is itself an [`Executor`].
+#[derive(Clone, Debug)]
+pub struct Client {
+    pool: deadpool_postgres::Pool,
+}
+
+impl Client {
+    /// A client over `pool`.
+    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+        Client { pool }
+    }
+
+    /// The pool this client uses.
+    pub fn pool(&self) -> &deadpool_postgres::Pool {
+        &self.pool
+    }
+
+    /// See [`queue::create_queue`].
+    pub async fn create_queue(&self, name: &str, opts: CreateQueueOpts) -> Result<(), Error> {
+        queue::create_queue(&self.pool, name, opts).await
+    }
+
+    /// See [`queue::delete_queue`].
+    pub async fn delete_queue(&self, name: &str) -> Result<bool, Error> {
+        queue::delete_queue(&self.pool, name).await
+    }
+
+    /// See [`queue::get_queue`].
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, Error> {
+        queue::get_queue(&self.pool, name).await
+    }
+
+    /// See [`queue::list_queues`].
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, Error> {
+        queue::list_queues(&self.pool).await
+    }
+
+    /// See [`queue::send`].
+    pub async fn send<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        body: &T,
+        opts: SendOpts,
+    ) -> Result<i64, Error> {
+        queue::send(&self.pool, queue, body, opts).await
+    }
+
+    /// See [`queue::send_many`].
+    pub async fn send_many<T: Serialize>(
+        &self,
+        queue: &str,
+        bodies: &[T],
+        opts: SendManyOpts,
+    ) -> Result<Vec<i64>, Error> {
+        queue::send_many(&self.pool, queue, bodies, opts).await
+    }
+
+    /// See [`queue::read`].
+    pub async fn read(
+        &self,
+        queue: &str,
+        quantity: usize,
+        hide_for: Duration,
+    ) -> Result<Vec<Message>, Error> {
+        queue::read(&self.pool, queue, quantity, hide_for).await
+    }
+
+    /// See [`queue::read_poll`].
+    pub async fn read_poll(
+        &self,
+        queue: &str,
+        quantity: usize,
+        hide_for: Duration,
+        poll: PollOpts,
+    ) -> Result<Vec<Message>, Error> {
+        queue::read_poll(&self.pool, queue, quantity, hide_for, poll).await
+    }
+
+    /// See [`queue::hide`].
+    pub async fn hide(&self, queue: &str, id: i64, hide_for: Duration) -> Result<bool, Error> {
+        queue::hide(&self.pool, queue, id, hide_for).await
+    }
+
+    /// See [`queue::hide_many`].
+    pub async fn hide_many(
+        &self,
+        queue: &str,
+        ids: &[i64],
+        hide_for: Duration,
+    ) -> Result<Vec<i64>, Error> {
+        queue::hide_many(&self.pool, queue, ids, hide_for).await
+    }
+
+    /// See [`queue::delete`].
+    pub async fn delete(&self, queue: &str, id: i64) -> Result<bool, Error> {
+        queue::delete(&self.pool, queue, id).await
+    }
+
+    /// See [`queue::delete_many`].
+    pub async fn delete_many(&self, queue: &str, ids: &[i64]) -> Result<Vec<i64>, Error> {
+        queue::delete_many(&self.pool, queue, ids).await
+    }
+}
+
+impl Executor for Client {
+    async fn query_rows(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<tokio_postgres::Row>, Error> {
+        self.pool.query_rows(sql, params).await
+    }
+}

@@ -1,0 +1,196 @@
+//! The error type of the catbird client.
+
+use tokio_postgres::error::SqlState;
+
+/// The SQLSTATE catbird's SQL functions raise for a queue, task or flow that
+/// does not exist.
+pub const SQLSTATE_NOT_DEFINED: &str = "CB001";
+
+/// The SQLSTATE catbird's SQL functions raise for an invalid argument.
+pub const SQLSTATE_INVALID_ARGUMENT: &str = "CB002";
+
+/// Errors returned by the catbird client.
+///
+/// Messages start with `catbird:`. Test for a kind with `matches!` or with the
+/// predicates ([`Error::is_not_defined`], ...).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A queue, task, flow or step name breaks the naming rule: 1 to 58
+    /// characters of `a-z`, `0-9` and `_`. Raised before any SQL runs.
+    #[error("catbird: invalid {kind} name \"{name}\": {rule}")]
+    InvalidName {
+        /// What was being named: "queue", "task", ...
+        kind: &'static str,
+        /// The rejected name.
+        name: String,
+        /// Which part of the rule it breaks.
+        rule: NameRule,
+    },
+
+    /// An argument other than a name is invalid: a non-positive quantity or
+    /// duration, mismatched list lengths, headers that are not an object.
+    #[error("catbird: {0}")]
+    InvalidArgument(String),
+
+    /// A payload cannot be stored: it contains the NUL character, which
+    /// PostgreSQL's jsonb cannot hold, or it exceeds the maximum size.
+    #[error("catbird: invalid {what}: {reason}")]
+    InvalidPayload {
+        /// Which payload: "message body", "headers", ...
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// The operation needs a queue, task or flow that does not exist.
+    #[error("catbird: {0}")]
+    NotDefined(String),
+
+    /// The requested object does not exist.
+    #[error("catbird: {kind} \"{name}\" not found")]
+    NotFound {
+        /// What was looked up: "queue", "task run", ...
+        kind: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+
+    /// A payload could not be encoded to JSON or decoded into the requested
+    /// type.
+    #[error("catbird: JSON {action} failed for {what}: {source}")]
+    Json {
+        /// "encoding" or "decoding".
+        action: &'static str,
+        /// Which value.
+        what: &'static str,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+
+    /// PostgreSQL returned an error, or the connection failed.
+    #[error("catbird: database error: {0}")]
+    Database(tokio_postgres::Error),
+
+    /// No connection could be taken from the pool.
+    #[error("catbird: no database connection available: {0}")]
+    Pool(deadpool_postgres::PoolError),
+}
+
+/// The part of the naming rule a name breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than 58 characters.
+    TooLong,
+    /// The name contains a character other than `a-z`, `0-9` and `_`.
+    InvalidCharacter,
+    /// The name is reserved.
+    Reserved,
+}
+
+impl std::fmt::Display for NameRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameRule::Empty => "must not be empty",
+            NameRule::TooLong => "too long, maximum 58 characters",
+            NameRule::InvalidCharacter => "may only contain a-z, 0-9 and _",
+            NameRule::Reserved => "is reserved",
+        })
+    }
+}
+
+impl Error {
+    /// Whether a needed queue, task or flow does not exist.
+    pub fn is_not_defined(&self) -> bool {
+        matches!(self, Error::NotDefined(_))
+    }
+
+    /// Whether the requested object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// Whether the error is a rejected argument, name or payload.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::InvalidPayload { .. }
+        )
+    }
+
+    /// The SQLSTATE of a database error, if there is one.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            Error::Database(error) => error.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: a lost connection,
+    /// an exhausted pool, a serialization failure or a deadlock.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Pool(_) => true,
+            Error::Database(error) => {
+                error.is_closed()
+                    || error.as_db_error().is_none()
+                    || matches!(
+                        error.code(),
+                        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                            || *code == SqlState::T_R_DEADLOCK_DETECTED
+                            || *code == SqlState::ADMIN_SHUTDOWN
+                            || *code == SqlState::CANNOT_CONNECT_NOW
+                            || *code == SqlState::TOO_MANY_CONNECTIONS
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn json_encode(what: &'static str, source: serde_json::Error) -> Self {
+        Error::Json {
+            action: "encoding",
+            what,
+            source,
+        }
+    }
+
+    pub(crate) fn json_decode(what: &'static str, source: serde_json::Error) -> Self {
+        Error::Json {
+            action: "decoding",
+            what,
+            source,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    /// Maps catbird's own SQLSTATEs to typed variants, keeping the message the
+    /// SQL function wrote, and wraps every other error.
+    fn from(error: tokio_postgres::Error) -> Self {
+        if let Some(db) = error.as_db_error() {
+            let message = db
+                .message()
+                .strip_prefix("catbird: ")
+                .unwrap_or(db.message())
+                .to_owned();
+            match db.code().code() {
+                SQLSTATE_NOT_DEFINED => return Error::NotDefined(message),
+                SQLSTATE_INVALID_ARGUMENT => return Error::InvalidArgument(message),
+                _ => {}
+            }
+        }
+        Error::Database(error)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => Error::from(error),
+            other => Error::Pool(other),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The quickstart: run with `cargo xtask demo`.
+
+fn main() {}
