@@ -48,3 +48,8 @@ pub use catbird_worker as worker;
 #[cfg(feature = "macros")]
 #[doc(hidden)]
 pub use catbird_macros as macros;
+
+/// Compiles the README's Rust examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
