@@ -8,6 +8,8 @@ use crate::error::Error;
 use crate::executor::{Executor, Params};
 use crate::poll::PollOpts;
 use crate::queue::{self, CreateQueueOpts, Message, QueueInfo, SendManyOpts, SendOpts};
+use crate::task::{self, RunTaskOpts, RunTasksOpts, Task, TaskHandle, TaskInfo, TaskRunInfo};
+use crate::workers::{self, WorkerInfo};
 
 /// The catbird operations on a connection pool.
 ///
@@ -115,6 +117,85 @@ impl Client {
     /// See [`queue::delete_many`].
     pub async fn delete_many(&self, queue: &str, ids: &[i64]) -> Result<Vec<i64>, Error> {
         queue::delete_many(&self.pool, queue, ids).await
+    }
+}
+
+impl Client {
+    /// See [`task::create_task`].
+    pub async fn create_task(&self, task: &Task) -> Result<(), Error> {
+        task::create_task(&self.pool, task).await
+    }
+
+    /// See [`task::delete_task`].
+    pub async fn delete_task(&self, name: &str) -> Result<bool, Error> {
+        task::delete_task(&self.pool, name).await
+    }
+
+    /// See [`task::get_task`].
+    pub async fn get_task(&self, name: &str) -> Result<TaskInfo, Error> {
+        task::get_task(&self.pool, name).await
+    }
+
+    /// See [`task::list_tasks`].
+    pub async fn list_tasks(&self) -> Result<Vec<TaskInfo>, Error> {
+        task::list_tasks(&self.pool).await
+    }
+
+    /// See [`task::run_task`]. The handle carries this client, so
+    /// `wait_for_output()` needs no argument.
+    pub async fn run_task<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        input: &I,
+        opts: RunTaskOpts,
+    ) -> Result<TaskHandle, Error> {
+        Ok(task::run_task(&self.pool, name, input, opts)
+            .await?
+            .with_client(self.clone()))
+    }
+
+    /// See [`task::run_tasks`].
+    pub async fn run_tasks<I: Serialize>(
+        &self,
+        name: &str,
+        inputs: &[I],
+        opts: RunTasksOpts,
+    ) -> Result<Vec<TaskHandle>, Error> {
+        let handles = task::run_tasks(&self.pool, name, inputs, opts).await?;
+        Ok(handles
+            .into_iter()
+            .map(|handle| handle.with_client(self.clone()))
+            .collect())
+    }
+
+    /// A handle to an existing run, for waiting on it.
+    pub fn task_handle(&self, name: &str, id: i64) -> TaskHandle {
+        TaskHandle::new(name, id).with_client(self.clone())
+    }
+
+    /// See [`task::get_task_run`].
+    pub async fn get_task_run(&self, name: &str, id: i64) -> Result<TaskRunInfo, Error> {
+        task::get_task_run(&self.pool, name, id).await
+    }
+
+    /// See [`task::list_task_runs`].
+    pub async fn list_task_runs(&self, name: &str) -> Result<Vec<TaskRunInfo>, Error> {
+        task::list_task_runs(&self.pool, name).await
+    }
+
+    /// See [`task::cancel_task_run`].
+    pub async fn cancel_task_run(
+        &self,
+        name: &str,
+        id: i64,
+        reason: Option<&str>,
+    ) -> Result<bool, Error> {
+        task::cancel_task_run(&self.pool, name, id, reason).await
+    }
+
+    /// See [`workers::list_workers`].
+    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, Error> {
+        workers::list_workers(&self.pool).await
     }
 }
 

@@ -9,6 +9,10 @@ pub const SQLSTATE_NOT_DEFINED: &str = "CB001";
 /// The SQLSTATE catbird's SQL functions raise for an invalid argument.
 pub const SQLSTATE_INVALID_ARGUMENT: &str = "CB002";
 
+/// The SQLSTATE catbird's SQL functions raise for a run id that does not
+/// exist.
+pub const SQLSTATE_NOT_FOUND: &str = "CB003";
+
 /// Errors returned by the catbird client.
 ///
 /// Messages start with `catbird:`. Test for a kind with `matches!` or with the
@@ -71,6 +75,30 @@ pub enum Error {
     /// PostgreSQL returned an error, or the connection failed.
     #[error("catbird: database error: {0}")]
     Database(tokio_postgres::Error),
+
+    /// The run failed for good; the text is its error message.
+    #[error("catbird: run failed: {0}")]
+    RunFailed(String),
+
+    /// The run was canceled, with the reason given, if any.
+    #[error("catbird: run canceled{}", .0.as_ref().map(|reason| format!(": {reason}")).unwrap_or_default())]
+    RunCanceled(Option<String>),
+
+    /// The task run was skipped because the task's condition was false.
+    #[error("catbird: run skipped: condition not met")]
+    RunSkipped,
+
+    /// The run expired before it finished.
+    #[error("catbird: run expired before it finished")]
+    RunExpired,
+
+    /// The run has not finished yet.
+    #[error("catbird: run not completed: current status is {0}")]
+    RunNotCompleted(crate::task::RunStatus),
+
+    /// A run-context helper was used outside the handler it belongs to.
+    #[error("catbird: no run context: {0} can only be called inside a task or flow handler")]
+    NoRunContext(&'static str),
 
     /// No connection could be taken from the pool.
     #[error("catbird: no database connection available: {0}")]
@@ -179,6 +207,12 @@ impl From<tokio_postgres::Error> for Error {
             match db.code().code() {
                 SQLSTATE_NOT_DEFINED => return Error::NotDefined(message),
                 SQLSTATE_INVALID_ARGUMENT => return Error::InvalidArgument(message),
+                SQLSTATE_NOT_FOUND => {
+                    return Error::NotFound {
+                        kind: "run",
+                        name: message,
+                    };
+                }
                 _ => {}
             }
         }

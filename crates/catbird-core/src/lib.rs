@@ -50,15 +50,20 @@ mod pool;
 mod query;
 pub mod queue;
 pub mod sql;
+pub mod task;
+pub mod workers;
 
 pub use client::Client;
-pub use error::{Error, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED};
+pub use error::{
+    Error, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED, SQLSTATE_NOT_FOUND,
+};
 pub use executor::{Executor, Params};
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use payload::{JsonText, MAX_PAYLOAD_BYTES};
 pub use poll::{DEFAULT_POLL_FOR, DEFAULT_POLL_INTERVAL, PollOpts};
 pub use pool::{DEFAULT_POOL_SIZE, pool_from_url};
 pub use query::Query;
+pub use task::{RunStatus, RunTaskOpts, Task, TaskHandle, TaskInfo, TaskRunInfo};
 
 /// The schema migrator, re-exported.
 pub use catbird_sql as schema;

@@ -44,6 +44,84 @@ pub const DELETE_MANY: &str = "SELECT * FROM cb_delete(queue => $1, ids => $2)";
 pub const RENEW_MESSAGE: &str =
     "SELECT cb_renew_message(queue => $1, id => $2, deliveries => $3, hide_for => $4)";
 
+/// `cb_create_task`.
+pub const CREATE_TASK: &str = "SELECT cb_create_task(name => $1, description => $2, condition => $3, \
+     retention_period => $4, has_on_fail => $5)";
+
+/// `cb_delete_task`.
+pub const DELETE_TASK: &str = "SELECT cb_delete_task(name => $1)";
+
+/// One task definition.
+pub const GET_TASK: &str = "SELECT name, description, condition, retention_period, created_at FROM cb_tasks WHERE name = $1";
+
+/// Every task definition, by name.
+pub const LIST_TASKS: &str =
+    "SELECT name, description, condition, retention_period, created_at FROM cb_tasks ORDER BY name";
+
+/// `cb_run_task`, one run.
+pub const RUN_TASK: &str = "SELECT cb_run_task(name => $1, input => $2, concurrency_key => $3, headers => $4, \
+     visible_at => $5, expires_at => $6, priority => $7)";
+
+/// `cb_run_task`, many runs.
+pub const RUN_TASKS: &str = "SELECT * FROM cb_run_task(name => $1, inputs => $2, concurrency_keys => $3, \
+     headers => $4, visible_at => $5, expires_at => $6, priority => $7)";
+
+/// `cb_get_task_run`.
+pub const GET_TASK_RUN: &str = "SELECT * FROM cb_get_task_run(name => $1, id => $2)";
+
+/// `cb_list_task_runs`.
+pub const LIST_TASK_RUNS: &str = "SELECT * FROM cb_list_task_runs(name => $1, quantity => $2)";
+
+/// `cb_cancel_task`.
+pub const CANCEL_TASK: &str = "SELECT cb_cancel_task(name => $1, id => $2, reason => $3)";
+
+/// `cb_claim_tasks`.
+pub const CLAIM_TASKS: &str =
+    "SELECT * FROM cb_claim_tasks(name => $1, quantity => $2, hide_for => $3)";
+
+/// `cb_hide_tasks`: extends the leases of started runs.
+pub const HIDE_TASKS: &str = "SELECT * FROM cb_hide_tasks(name => $1, ids => $2, hide_for => $3)";
+
+/// `cb_release_task`: gives back a claim without counting the attempt.
+pub const RELEASE_TASK: &str =
+    "SELECT cb_release_task(name => $1, id => $2, attempt => $3, delay => $4)";
+
+/// `cb_complete_task`.
+pub const COMPLETE_TASK: &str =
+    "SELECT cb_complete_task(name => $1, id => $2, attempt => $3, output => $4)";
+
+/// `cb_fail_task`.
+pub const FAIL_TASK: &str = "SELECT cb_fail_task(name => $1, id => $2, attempt => $3, error_message => $4, retry_delay => $5)";
+
+/// `cb_claim_task_on_fail`.
+pub const CLAIM_TASK_ON_FAIL: &str =
+    "SELECT * FROM cb_claim_task_on_fail(name => $1, quantity => $2, hide_for => $3)";
+
+/// `cb_complete_task_on_fail`.
+pub const COMPLETE_TASK_ON_FAIL: &str =
+    "SELECT cb_complete_task_on_fail(name => $1, id => $2, on_fail_attempt => $3)";
+
+/// `cb_fail_task_on_fail`.
+pub const FAIL_TASK_ON_FAIL: &str = "SELECT cb_fail_task_on_fail(name => $1, id => $2, on_fail_attempt => $3, \
+     error_message => $4, retry_delay => $5)";
+
+/// `cb_worker_started`.
+pub const WORKER_STARTED: &str =
+    "SELECT cb_worker_started(id => $1, task_handlers => $2, step_handlers => $3)";
+
+/// `cb_worker_heartbeat`.
+pub const WORKER_HEARTBEAT: &str = "SELECT cb_worker_heartbeat(id => $1)";
+
+/// `cb_worker_stopped`.
+pub const WORKER_STOPPED: &str = "SELECT cb_worker_stopped(id => $1)";
+
+/// Every registered worker, newest heartbeat first.
+pub const LIST_WORKERS: &str =
+    "SELECT id, task_handlers, step_handlers, started_at, last_heartbeat_at FROM cb_worker_info";
+
+/// The wake-up channel of the installation in the connection's schema.
+pub const WAKE_CHANNEL: &str = "SELECT cb_wake_channel()";
+
 /// Every statement above, for the prepare-all test.
 pub const ALL: &[&str] = &[
     CREATE_QUEUE,
@@ -58,4 +136,26 @@ pub const ALL: &[&str] = &[
     DELETE,
     DELETE_MANY,
     RENEW_MESSAGE,
+    CREATE_TASK,
+    DELETE_TASK,
+    GET_TASK,
+    LIST_TASKS,
+    RUN_TASK,
+    RUN_TASKS,
+    GET_TASK_RUN,
+    LIST_TASK_RUNS,
+    CANCEL_TASK,
+    CLAIM_TASKS,
+    HIDE_TASKS,
+    RELEASE_TASK,
+    COMPLETE_TASK,
+    FAIL_TASK,
+    CLAIM_TASK_ON_FAIL,
+    COMPLETE_TASK_ON_FAIL,
+    FAIL_TASK_ON_FAIL,
+    WORKER_STARTED,
+    WORKER_HEARTBEAT,
+    WORKER_STOPPED,
+    LIST_WORKERS,
+    WAKE_CHANNEL,
 ];

@@ -1,0 +1,311 @@
+//! Wake-ups: one `LISTEN` connection per worker, fanned out to claim loops.
+//!
+//! The SQL functions notify the channel `cb_wake_channel()` with payloads
+//! `<kind>|<name>|<rest>`. For work kinds (`t` task runs, `tf` task on-fail
+//! work) `<rest>` is the work's visibility time in Unix seconds, empty for
+//! "now"; the matching loop is woken at once or at that time. `tx` carries a
+//! canceled run's id, whose handler is told to stop. Notifications are hints:
+//! loops also poll, so a lost notification only delays work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+/// How long the listener waits before reconnecting.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Wakes one claim loop, now or at a time.
+#[derive(Debug, Default)]
+pub(crate) struct LoopWaker {
+    notify: Notify,
+    /// The earliest pending timed wake-up.
+    pending: Mutex<Option<Instant>>,
+}
+
+impl LoopWaker {
+    /// Wakes the loop now; a wake-up sent while the loop is busy is kept for
+    /// its next wait.
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Waits for a wake-up.
+    pub(crate) async fn woken(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Wakes the loop at `at`, unless an earlier timed wake-up is pending.
+    pub(crate) fn wake_at(self: &Arc<Self>, at: Instant) {
+        {
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match *pending {
+                Some(earlier) if earlier <= at && earlier > Instant::now() => return,
+                _ => *pending = Some(at),
+            }
+        }
+        let waker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut pending = waker
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if *pending == Some(at) {
+                *pending = None;
+            }
+            drop(pending);
+            waker.wake();
+        });
+    }
+}
+
+/// The loops and running handlers a worker's notifications reach.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    loops: Mutex<HashMap<String, Arc<LoopWaker>>>,
+    running: Mutex<HashMap<(String, i64), CancellationToken>>,
+}
+
+impl Registry {
+    /// The waker of the loop for `kind` work of `name`, created on first use.
+    pub(crate) fn waker(&self, kind: &str, name: &str) -> Arc<LoopWaker> {
+        let mut loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loops.entry(format!("{kind}|{name}")).or_default().clone()
+    }
+
+    /// Wakes every loop, after a (re)connection when notifications may have
+    /// been missed.
+    pub(crate) fn wake_all(&self) {
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for waker in loops.values() {
+            waker.wake();
+        }
+    }
+
+    /// Records the token of a running handler, fired when its run is
+    /// canceled.
+    pub(crate) fn track_running(&self, kind: &str, id: i64, token: CancellationToken) {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        running.insert((kind.to_owned(), id), token);
+    }
+
+    /// Forgets a handler that finished.
+    pub(crate) fn untrack_running(&self, kind: &str, id: i64) {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        running.remove(&(kind.to_owned(), id));
+    }
+
+    /// Dispatches one notification payload.
+    pub(crate) fn dispatch(&self, payload: &str) {
+        let mut parts = payload.splitn(3, '|');
+        let (Some(kind), Some(name), rest) =
+            (parts.next(), parts.next(), parts.next().unwrap_or(""))
+        else {
+            return;
+        };
+        match kind {
+            "tx" => {
+                let Ok(id) = rest.parse::<i64>() else { return };
+                let running = self
+                    .running
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(token) = running.get(&(format!("t|{name}"), id)) {
+                    tracing::debug!(
+                        task = name,
+                        task.run_id = id,
+                        "run canceled; stopping its handler"
+                    );
+                    token.cancel();
+                }
+            }
+            _ => {
+                let waker = {
+                    let loops = self
+                        .loops
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    loops.get(&format!("{kind}|{name}")).cloned()
+                };
+                let Some(waker) = waker else { return };
+                match visible_in(rest) {
+                    Some(delay) if !delay.is_zero() => waker.wake_at(Instant::now() + delay),
+                    _ => waker.wake(),
+                }
+            }
+        }
+    }
+}
+
+/// How long until a visibility time given in Unix seconds; `None` for an
+/// empty or unreadable time, which means "now".
+fn visible_in(epoch: &str) -> Option<Duration> {
+    let seconds: f64 = epoch.parse().ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some(Duration::from_secs_f64((seconds - now).max(0.0)))
+}
+
+/// Holds the worker's `LISTEN` connection until `shutdown`, reconnecting
+/// after a second whenever it fails. `connected` is fired after the first
+/// successful `LISTEN`, or after the first failed attempt, so the worker
+/// never waits for the listener to start.
+pub(crate) async fn listen(
+    config: tokio_postgres::Config,
+    channel: String,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    connected: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut connected = Some(connected);
+    let mut first = true;
+    while !shutdown.is_cancelled() {
+        match listen_once(&config, &channel, &registry, &shutdown, &mut connected).await {
+            Ok(()) => {}
+            Err(error) => {
+                if let Some(sender) = connected.take() {
+                    let _ = sender.send(());
+                }
+                if first {
+                    tracing::warn!(%error, "worker could not listen for wake-ups; polling until it can");
+                } else {
+                    tracing::warn!(%error, "worker lost its wake-up connection; reconnecting in 1 s");
+                }
+            }
+        }
+        first = false;
+        tokio::select! {
+            () = tokio::time::sleep(RECONNECT_DELAY) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    registry: &Arc<Registry>,
+    shutdown: &CancellationToken,
+    connected: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(notification))) => {
+                    if sender.send(notification.payload().to_owned()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error),
+                None => return Ok(()),
+            }
+        }
+    });
+
+    let quoted = channel.replace('"', "\"\"");
+    client
+        .batch_execute(&format!("LISTEN \"{quoted}\""))
+        .await?;
+    tracing::debug!(channel, "listening for wake-ups");
+    if let Some(sender) = connected.take() {
+        let _ = sender.send(());
+    }
+    // Work may have arrived while the listener was away.
+    registry.wake_all();
+
+    let mut driver = driver;
+    loop {
+        tokio::select! {
+            payload = notifications.recv() => match payload {
+                Some(payload) => registry.dispatch(&payload),
+                None => break,
+            },
+            finished = &mut driver => {
+                return match finished {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => Ok(()),
+                };
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    drop(client);
+    driver.abort();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_time_means_now() {
+        assert_eq!(visible_in(""), None);
+        assert_eq!(visible_in("garbage"), None);
+    }
+
+    #[test]
+    fn past_time_means_now() {
+        assert_eq!(visible_in("1000.5"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn future_time_gives_the_delay() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let delay = visible_in(&format!("{}", now + 60.0)).unwrap();
+        assert!(
+            delay > Duration::from_secs(59) && delay <= Duration::from_secs(60),
+            "{delay:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dispatch_wakes_the_matching_loop() {
+        let registry = Registry::default();
+        let waker = registry.waker("t", "echo");
+        registry.dispatch("t|echo|");
+        tokio::time::timeout(Duration::from_secs(1), waker.woken())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn dispatch_cancels_a_running_handler() {
+        let registry = Registry::default();
+        let token = CancellationToken::new();
+        registry.track_running("t|echo", 7, token.clone());
+        registry.dispatch("tx|echo|8");
+        assert!(!token.is_cancelled());
+        registry.dispatch("tx|echo|7");
+        assert!(token.is_cancelled());
+    }
+}

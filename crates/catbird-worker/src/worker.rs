@@ -1,0 +1,411 @@
+//! [`Worker`]: the process that claims and executes runs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catbird_core::task::{Task, create_task};
+use catbird_core::{Error, Executor, sql};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::backoff::{BackoffStrategy, FullJitter};
+use crate::retry::with_retries;
+use crate::task::{IntoTaskHandler, TaskHandler};
+use crate::task_loop;
+use crate::wake::{self, Registry};
+
+/// How long in-flight handlers may finish after shutdown when no timeout is
+/// set.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a claimed run stays hidden from other workers. The worker extends
+/// the lease of every run it holds well before it ends.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(600);
+
+/// How often a worker records its heartbeat.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Errors that stop a worker from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A handler or definition is misconfigured; nothing was started.
+    #[error("catbird: {0}")]
+    InvalidConfiguration(String),
+    /// The database could not be reached or rejected a definition.
+    #[error(transparent)]
+    Database(#[from] Error),
+}
+
+/// Settings shared by every loop of one worker.
+pub(crate) struct Shared {
+    pub(crate) id: Uuid,
+    pub(crate) pool: deadpool_postgres::Pool,
+    pub(crate) registry: Arc<Registry>,
+    /// Fires when the worker stops claiming new work.
+    pub(crate) shutdown: CancellationToken,
+    /// Fires when in-flight handlers must stop: after the grace period.
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) lease: Duration,
+    /// Claimed runs per task, for lease renewal.
+    pub(crate) in_flight: Mutex<HashMap<String, HashSet<i64>>>,
+}
+
+impl Shared {
+    pub(crate) fn hold(&self, task: &str, id: i64) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        in_flight.entry(task.to_owned()).or_default().insert(id);
+    }
+
+    pub(crate) fn forget(&self, task: &str, id: i64) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(ids) = in_flight.get_mut(task) {
+            ids.remove(&id);
+        }
+    }
+
+    pub(crate) fn lease_ms(&self) -> i32 {
+        i32::try_from(self.lease.as_millis()).unwrap_or(i32::MAX)
+    }
+}
+
+/// A worker: registers its tasks, claims their runs and executes them.
+///
+/// ```no_run
+/// use catbird_worker::{TaskContext, TaskHandler, Worker};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(pool: deadpool_postgres::Pool) -> Result<(), catbird_worker::WorkerError> {
+/// let double = TaskHandler::new("double", |n: i64, _ctx: TaskContext| async move { Ok::<_, anyhow::Error>(n * 2) });
+///
+/// let shutdown = CancellationToken::new();
+/// Worker::new(pool)
+///     .listen_url("postgres://postgres@127.0.0.1:5432/app")
+///     .task(double)
+///     .start(shutdown)
+///     .await
+/// # }
+/// ```
+pub struct Worker {
+    id: Uuid,
+    pool: deadpool_postgres::Pool,
+    listen_config: Option<Result<tokio_postgres::Config, String>>,
+    tasks: Vec<TaskHandler>,
+    definitions: Vec<Task>,
+    shutdown_timeout: Option<Duration>,
+    lease: Duration,
+    heartbeat_interval: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field(
+                "tasks",
+                &self.tasks.iter().map(TaskHandler::name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker using `pool` for its database calls. Give it a connection
+    /// string with [`Worker::listen_url`] (or a config with
+    /// [`Worker::listen_config`]) so it can hold a `LISTEN` connection and
+    /// start runs as soon as they are created; without one it finds new work
+    /// by polling every 2 s.
+    pub fn new(pool: deadpool_postgres::Pool) -> Self {
+        Worker {
+            id: Uuid::new_v4(),
+            pool,
+            listen_config: None,
+            tasks: Vec::new(),
+            definitions: Vec::new(),
+            shutdown_timeout: None,
+            lease: DEFAULT_LEASE,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+
+    /// The worker's id, a random UUID.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Sets the connection the worker listens for wake-ups on.
+    pub fn listen_config(mut self, config: tokio_postgres::Config) -> Self {
+        self.listen_config = Some(Ok(config));
+        self
+    }
+
+    /// Sets the connection string the worker listens for wake-ups on. An
+    /// invalid string is reported by [`Worker::start`].
+    pub fn listen_url(mut self, url: &str) -> Self {
+        self.listen_config = Some(
+            url.parse()
+                .map_err(|error| format!("invalid listen connection string: {error}")),
+        );
+        self
+    }
+
+    /// Adds a task handler. The worker creates or updates the task's
+    /// definition when it starts.
+    pub fn task(mut self, handler: impl IntoTaskHandler) -> Self {
+        self.tasks.push(handler.into_task_handler());
+        self
+    }
+
+    /// Adds a task definition without a handler: it is created at start,
+    /// and nothing is claimed for it.
+    pub fn define_task(mut self, task: Task) -> Self {
+        self.definitions.push(task);
+        self
+    }
+
+    /// Sets how long in-flight handlers may finish after shutdown before their
+    /// cancellation token fires (default 5 s). Zero gives no grace period.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the lease of claimed runs (default 10 minutes). The worker renews
+    /// leases every third of the lease, at most every 30 s; a run held by a
+    /// worker that died is claimed again once its lease has passed.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets the heartbeat interval (default 10 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    fn validate(&self) -> Result<(), WorkerError> {
+        let mut names = HashSet::new();
+        for handler in &self.tasks {
+            handler
+                .validate()
+                .map_err(WorkerError::InvalidConfiguration)?;
+            if !names.insert(handler.name().to_owned()) {
+                return Err(WorkerError::InvalidConfiguration(format!(
+                    "task \"{}\" has two handlers in one worker",
+                    handler.name()
+                )));
+            }
+        }
+        for definition in &self.definitions {
+            definition.validate()?;
+        }
+        if self.lease < Duration::from_millis(10) {
+            return Err(WorkerError::InvalidConfiguration(format!(
+                "lease must be at least 10 ms, got {:?}",
+                self.lease
+            )));
+        }
+        if let Some(Err(message)) = &self.listen_config {
+            return Err(WorkerError::InvalidConfiguration(message.clone()));
+        }
+        Ok(())
+    }
+
+    /// Runs the worker until `shutdown` is cancelled, then stops.
+    ///
+    /// Start-up validates every handler (no database work happens when one
+    /// is invalid), creates or updates the task definitions, starts the
+    /// wake-up listener, the claim loops, lease renewal and heartbeats, and
+    /// registers the worker. On shutdown the worker stops claiming at once,
+    /// gives claimed runs it has not started back, lets running handlers
+    /// finish within the shutdown timeout, then fires their cancellation
+    /// tokens; runs they leave unfinished become claimable by other workers
+    /// at once. Returns when everything has stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerError::InvalidConfiguration`] for a misconfigured handler, and
+    /// [`WorkerError::Database`] when definitions cannot be created.
+    pub async fn start(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        self.validate()?;
+
+        for definition in &self.definitions {
+            create_task(&self.pool, definition).await?;
+        }
+        for handler in &self.tasks {
+            create_task(&self.pool, &handler.definition).await?;
+        }
+        let channel: String = self
+            .pool
+            .query_opt_row(sql::WAKE_CHANNEL, &[])
+            .await?
+            .map(|row| row.get(0))
+            .unwrap_or_default();
+
+        let shared = Arc::new(Shared {
+            id: self.id,
+            pool: self.pool.clone(),
+            registry: Arc::new(Registry::default()),
+            shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            lease: self.lease,
+            in_flight: Mutex::new(HashMap::new()),
+        });
+        let task_names: Vec<String> = self
+            .tasks
+            .iter()
+            .map(|handler| handler.name().to_owned())
+            .collect();
+
+        // Loops register their wakers before the listener connects, so the
+        // listener's first wake-all reaches them.
+        let mut loops = JoinSet::new();
+        let mut background = JoinSet::new();
+        for handler in self.tasks {
+            task_loop::spawn(&shared, handler, &mut loops);
+        }
+
+        let listener_stop = CancellationToken::new();
+        if let Some(Ok(config)) = self.listen_config {
+            let (connected, wait_connected) = tokio::sync::oneshot::channel();
+            background.spawn(wake::listen(
+                config,
+                channel,
+                shared.registry.clone(),
+                listener_stop.clone(),
+                connected,
+            ));
+            let _ = wait_connected.await;
+        } else {
+            tracing::info!(worker.id = %self.id, "no listen connection configured; the worker polls for new runs");
+        }
+
+        register(&shared, &task_names).await;
+        background.spawn(heartbeat(
+            shared.clone(),
+            task_names.clone(),
+            self.heartbeat_interval,
+        ));
+        background.spawn(renew_leases(shared.clone()));
+        tracing::info!(worker.id = %self.id, tasks = ?task_names, "worker started");
+
+        shutdown.cancelled().await;
+        tracing::info!(worker.id = %self.id, "worker stopping");
+        shared.shutdown.cancel();
+
+        let grace = self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        let drained =
+            tokio::time::timeout(grace, async { while loops.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(worker.id = %self.id, grace = ?grace,
+                "handlers still running after the shutdown timeout; cancelling them");
+            shared.hard_stop.cancel();
+            while loops.join_next().await.is_some() {}
+        }
+        shared.hard_stop.cancel();
+
+        listener_stop.cancel();
+        background.abort_all();
+        while background.join_next().await.is_some() {}
+        if let Err(error) = shared
+            .pool
+            .query_rows(sql::WORKER_STOPPED, &[&shared.id])
+            .await
+        {
+            tracing::warn!(worker.id = %self.id, %error, "could not remove the worker's registration");
+        }
+        tracing::info!(worker.id = %self.id, "worker stopped");
+        Ok(())
+    }
+}
+
+async fn register(shared: &Shared, task_names: &[String]) {
+    let mut sorted = task_names.to_vec();
+    sorted.sort();
+    let steps = serde_json::Value::Array(Vec::new());
+    let result = with_retries("register the worker", &shared.shutdown, || async {
+        shared
+            .pool
+            .query_rows(sql::WORKER_STARTED, &[&shared.id, &sorted, &steps])
+            .await
+    })
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(worker.id = %shared.id, %error, "could not register the worker; the next heartbeat retries");
+    }
+}
+
+/// Records a heartbeat every `interval`, registering again when the row is
+/// gone.
+async fn heartbeat(shared: Arc<Shared>, task_names: Vec<String>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        match shared
+            .pool
+            .query_opt_row(sql::WORKER_HEARTBEAT, &[&shared.id])
+            .await
+        {
+            Ok(Some(row)) if row.get::<_, bool>(0) => {}
+            Ok(_) => {
+                tracing::info!(worker.id = %shared.id, "worker registration was removed; registering again");
+                register(&shared, &task_names).await;
+            }
+            Err(error) => tracing::warn!(worker.id = %shared.id, %error, "heartbeat failed"),
+        }
+    }
+}
+
+/// Extends the lease of every run the worker holds.
+async fn renew_leases(shared: Arc<Shared>) {
+    let period = (shared.lease / 3)
+        .min(Duration::from_secs(30))
+        .max(Duration::from_millis(5));
+    let backoff = FullJitter::new(Duration::from_millis(100), period);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.hard_stop.cancelled() => return,
+        }
+        let held: Vec<(String, Vec<i64>)> = {
+            let in_flight = shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            in_flight
+                .iter()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(task, ids)| (task.clone(), ids.iter().copied().collect()))
+                .collect()
+        };
+        for (task, ids) in held {
+            let lease_ms = shared.lease_ms();
+            if let Err(error) = shared
+                .pool
+                .query_rows(sql::HIDE_TASKS, &[&task, &ids, &lease_ms])
+                .await
+            {
+                tracing::warn!(worker.id = %shared.id, task, count = ids.len(), %error,
+                    "could not extend leases; retrying soon");
+                tokio::time::sleep(backoff.delay(0)).await;
+            }
+        }
+    }
+}
