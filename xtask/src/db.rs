@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls};
 
 mod cluster;
 
@@ -107,6 +107,22 @@ fn is_unreachable(error: &tokio_postgres::Error) -> bool {
         return false;
     }
     std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+}
+
+/// Connects to `url` and drives the connection on a background task.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| {
+        format!(
+            "failed to connect to {}; check the URL, or run `cargo xtask db` to start a server",
+            redact(url)
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            eprintln!("error: the PostgreSQL connection failed: {error}");
+        }
+    });
+    Ok(client)
 }
 
 /// Returns the workspace's root folder, the parent of this crate's folder.
@@ -217,6 +233,22 @@ fn value_len(value: &str) -> usize {
     value.len()
 }
 
+/// Returns `url` pointing at database `name` on the same server, keeping the
+/// user, password and parameters.
+pub(crate) fn with_database(url: &str, name: &str) -> String {
+    let Some((scheme, rest)) = split_scheme(url) else {
+        // In key=value form the last occurrence of a key wins.
+        return format!("{} dbname={name}", url.trim_end());
+    };
+
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after_authority) = rest.split_at(authority_end);
+    let query = after_authority
+        .find('?')
+        .map_or("", |index| &after_authority[index..]);
+    format!("{scheme}{authority}/{name}{query}")
+}
+
 /// Splits `postgres://` or `postgresql://` from the rest of a URL.
 fn split_scheme(url: &str) -> Option<(&str, &str)> {
     ["postgres://", "postgresql://"]
@@ -257,5 +289,34 @@ mod tests {
             "password = *** host=x"
         );
         assert_eq!(redact("host=x passwordless=1"), "host=x passwordless=1");
+    }
+
+    #[test]
+    fn with_database_replaces_path() {
+        assert_eq!(
+            with_database(DEFAULT_CONN, "catbird_demo"),
+            "postgres://postgres@127.0.0.1:5432/catbird_demo"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:1/old?sslmode=disable", "new"),
+            "postgres://u:p@h:1/new?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn with_database_adds_missing_path() {
+        assert_eq!(with_database("postgresql://h", "new"), "postgresql://h/new");
+        assert_eq!(
+            with_database("postgres://h?connect_timeout=3", "new"),
+            "postgres://h/new?connect_timeout=3"
+        );
+    }
+
+    #[test]
+    fn with_database_key_value_form() {
+        let url = with_database("host=127.0.0.1 dbname=postgres ", "new");
+        assert_eq!(url, "host=127.0.0.1 dbname=postgres dbname=new");
+        let config: Config = url.parse().expect("valid key=value string");
+        assert_eq!(config.get_dbname(), Some("new"));
     }
 }

@@ -2,12 +2,16 @@
 //!
 //! - `cargo xtask db` finds a PostgreSQL server or starts a throwaway one and
 //!   prints its URL.
+//! - `cargo xtask test` runs the whole test suite against that server.
+//! - `cargo xtask demo` runs the quickstart example against a demo database.
 
-use std::process::ExitCode;
+use std::process::{Command as Process, ExitCode, ExitStatus};
 
 use clap::{Parser, Subcommand};
 
 mod db;
+mod demo;
+mod test;
 
 /// Project automation for catbird-rs.
 #[derive(Debug, Parser)]
@@ -29,6 +33,10 @@ enum Command {
         #[arg(long)]
         stop: bool,
     },
+    /// Run every test and doc test of the workspace against a PostgreSQL server.
+    Test(test::Args),
+    /// Run the quickstart example against the `catbird_demo` database.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +59,8 @@ fn main() -> ExitCode {
                 println!("{url}");
                 ExitCode::SUCCESS
             }),
+            Command::Test(args) => test::run(args).await,
+            Command::Demo => demo::run().await,
         }
     });
 
@@ -58,4 +68,39 @@ fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Runs `command` with inherited standard streams and returns its exit code,
+/// so `cargo xtask` fails exactly when the child fails.
+fn run_child(mut command: Process) -> anyhow::Result<ExitCode> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let status = command
+        .status()
+        .map_err(|error| anyhow::anyhow!("failed to run `{program}`: {error}"))?;
+    Ok(exit_code(status))
+}
+
+/// Converts a child's exit status into this process's exit code. A child
+/// killed by a signal maps to 128 + the signal number, as shells report it.
+fn exit_code(status: ExitStatus) -> ExitCode {
+    if let Some(code) = status.code() {
+        return u8::try_from(code).map_or(ExitCode::FAILURE, ExitCode::from);
+    }
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return u8::try_from(128 + signal).map_or(ExitCode::FAILURE, ExitCode::from);
+        }
+    }
+    ExitCode::FAILURE
+}
+
+/// Returns the cargo that runs this tool, so children use the same toolchain.
+fn cargo() -> Process {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Process::new(cargo);
+    command.current_dir(db::workspace_root());
+    command
 }
