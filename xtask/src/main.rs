@@ -4,6 +4,7 @@
 //!   prints its URL.
 //! - `cargo xtask test` runs the whole test suite against that server.
 //! - `cargo xtask demo` runs the quickstart example against a demo database.
+//! - `cargo xtask migrate` applies, reverts or lists catbird's schema versions.
 
 use std::process::{Command as Process, ExitCode, ExitStatus};
 
@@ -11,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod db;
 mod demo;
+mod migrate;
 mod test;
 
 /// Project automation for catbird-rs.
@@ -37,6 +39,8 @@ enum Command {
     Test(test::Args),
     /// Run the quickstart example against the `catbird_demo` database.
     Demo,
+    /// Apply, revert or list catbird's schema versions.
+    Migrate(migrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             }),
             Command::Test(args) => test::run(args).await,
             Command::Demo => demo::run().await,
+            Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
 
