@@ -5,11 +5,13 @@
 //! - `cargo xtask test` runs the whole test suite against that server.
 //! - `cargo xtask demo` runs the quickstart example against a demo database.
 //! - `cargo xtask migrate` applies, reverts or lists catbird's schema versions.
+//! - `cargo xtask bench` runs the benchmark scenarios in release mode.
 
 use std::process::{Command as Process, ExitCode, ExitStatus};
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod db;
 mod demo;
 mod migrate;
@@ -41,6 +43,8 @@ enum Command {
     Demo,
     /// Apply, revert or list catbird's schema versions.
     Migrate(migrate::Args),
+    /// Run the benchmark scenarios (release build) on a fresh database; print a table and write target/bench/results.json.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
             Command::Test(args) => test::run(args).await,
             Command::Demo => demo::run().await,
             Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
 
