@@ -147,10 +147,7 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 fn print_table(figures: &[Figure]) {
-    println!(
-        "{:<10} {:<44} {:>14} {}",
-        "SCENARIO", "FIGURE", "VALUE", "UNIT"
-    );
+    println!("{:<10} {:<44} {:>14} UNIT", "SCENARIO", "FIGURE", "VALUE");
     for figure in figures {
         println!(
             "{:<10} {:<44} {:>14.2} {}",
