@@ -104,6 +104,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "tasks",
         source: include_str!("../../../sql/0003_tasks.sql"),
     },
+    Migration {
+        version: 4,
+        name: "flows",
+        source: include_str!("../../../sql/0004_flows.sql"),
+    },
 ];
 
 /// Every known version, in order.
