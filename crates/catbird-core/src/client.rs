@@ -9,6 +9,7 @@ use crate::executor::{Executor, Params};
 use crate::poll::PollOpts;
 use crate::queue::{self, CreateQueueOpts, Message, QueueInfo, SendManyOpts, SendOpts};
 use crate::task::{self, RunTaskOpts, RunTasksOpts, Task, TaskHandle, TaskInfo, TaskRunInfo};
+use crate::flow::{self, FlowDef, FlowHandle, FlowInfo, FlowRunInfo, RunFlowOpts, StepRunInfo};
 use crate::workers::{self, WorkerInfo};
 
 /// The catbird operations on a connection pool.
@@ -191,6 +192,72 @@ impl Client {
         reason: Option<&str>,
     ) -> Result<bool, Error> {
         task::cancel_task_run(&self.pool, name, id, reason).await
+    }
+
+    /// See [`flow::create_flow`].
+    pub async fn create_flow(&self, flow: &FlowDef) -> Result<(), Error> {
+        flow::create_flow(&self.pool, flow).await
+    }
+
+    /// See [`flow::delete_flow`].
+    pub async fn delete_flow(&self, name: &str) -> Result<bool, Error> {
+        flow::delete_flow(&self.pool, name).await
+    }
+
+    /// See [`flow::get_flow`].
+    pub async fn get_flow(&self, name: &str) -> Result<FlowInfo, Error> {
+        flow::get_flow(&self.pool, name).await
+    }
+
+    /// See [`flow::list_flows`].
+    pub async fn list_flows(&self) -> Result<Vec<FlowInfo>, Error> {
+        flow::list_flows(&self.pool).await
+    }
+
+    /// See [`flow::run_flow`]. The handle carries this client.
+    pub async fn run_flow<I: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        input: &I,
+        opts: RunFlowOpts,
+    ) -> Result<FlowHandle, Error> {
+        Ok(flow::run_flow(&self.pool, name, input, opts).await?.with_client(self.clone()))
+    }
+
+    /// A handle to an existing flow run.
+    pub fn flow_handle(&self, name: &str, id: i64) -> FlowHandle {
+        FlowHandle::new(name, id).with_client(self.clone())
+    }
+
+    /// See [`flow::signal_flow`].
+    pub async fn signal_flow<S: Serialize + ?Sized>(
+        &self,
+        flow: &str,
+        run_id: i64,
+        step: &str,
+        input: &S,
+    ) -> Result<(), Error> {
+        flow::signal_flow(&self.pool, flow, run_id, step, input).await
+    }
+
+    /// See [`flow::cancel_flow_run`].
+    pub async fn cancel_flow_run(&self, flow: &str, id: i64, reason: Option<&str>) -> Result<bool, Error> {
+        flow::cancel_flow_run(&self.pool, flow, id, reason).await
+    }
+
+    /// See [`flow::get_flow_run`].
+    pub async fn get_flow_run(&self, flow: &str, id: i64) -> Result<FlowRunInfo, Error> {
+        flow::get_flow_run(&self.pool, flow, id).await
+    }
+
+    /// See [`flow::list_flow_runs`].
+    pub async fn list_flow_runs(&self, flow: &str) -> Result<Vec<FlowRunInfo>, Error> {
+        flow::list_flow_runs(&self.pool, flow).await
+    }
+
+    /// See [`flow::get_flow_run_steps`].
+    pub async fn get_flow_run_steps(&self, flow: &str, id: i64) -> Result<Vec<StepRunInfo>, Error> {
+        flow::get_flow_run_steps(&self.pool, flow, id).await
     }
 
     /// See [`workers::list_workers`].

@@ -9,6 +9,10 @@ pub const SQLSTATE_NOT_DEFINED: &str = "CB001";
 /// The SQLSTATE catbird's SQL functions raise for an invalid argument.
 pub const SQLSTATE_INVALID_ARGUMENT: &str = "CB002";
 
+/// The error message of a flow run that completed without any step of its
+/// output priority producing an output.
+pub const NO_OUTPUT_CANDIDATE: &str = "no output candidate produced output";
+
 /// The SQLSTATE catbird's SQL functions raise for a run id that does not
 /// exist.
 pub const SQLSTATE_NOT_FOUND: &str = "CB003";
@@ -96,6 +100,22 @@ pub enum Error {
     #[error("catbird: run not completed: current status is {0}")]
     RunNotCompleted(crate::task::RunStatus),
 
+    /// A signal could not be delivered: the run is not started, or the step
+    /// does not exist, does not wait for a signal, already has one, or has
+    /// already started.
+    #[error(
+        "catbird: signal not delivered to step \"{step}\" of flow \"{flow}\" run {run_id}: \
+         the step may not wait for a signal, may already have one, or the run is no longer started"
+    )]
+    SignalNotDelivered {
+        /// The flow.
+        flow: String,
+        /// The flow run.
+        run_id: i64,
+        /// The step.
+        step: String,
+    },
+
     /// A run-context helper was used outside the handler it belongs to.
     #[error("catbird: no run context: {0} can only be called inside a task or flow handler")]
     NoRunContext(&'static str),
@@ -133,6 +153,12 @@ impl Error {
     /// Whether a needed queue, task or flow does not exist.
     pub fn is_not_defined(&self) -> bool {
         matches!(self, Error::NotDefined(_))
+    }
+
+    /// Whether a flow run failed because no step of its output priority
+    /// completed (all were skipped).
+    pub fn is_no_output_candidate(&self) -> bool {
+        matches!(self, Error::RunFailed(message) if message == NO_OUTPUT_CANDIDATE)
     }
 
     /// Whether the requested object does not exist.

@@ -122,6 +122,86 @@ pub const LIST_WORKERS: &str =
 /// The wake-up channel of the installation in the connection's schema.
 pub const WAKE_CHANNEL: &str = "SELECT cb_wake_channel()";
 
+/// `cb_create_flow`.
+pub const CREATE_FLOW: &str = "SELECT cb_create_flow(name => $1, steps => $2, description => $3, \
+     output_priority => $4, retention_period => $5, has_on_fail => $6)";
+
+/// `cb_delete_flow`.
+pub const DELETE_FLOW: &str = "SELECT cb_delete_flow(name => $1)";
+
+/// One flow definition.
+pub const GET_FLOW: &str =
+    "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows WHERE name = $1";
+
+/// Every flow definition, by name.
+pub const LIST_FLOWS: &str =
+    "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows ORDER BY name";
+
+/// The steps of one flow definition, in definition order.
+pub const GET_FLOW_STEPS: &str = "SELECT step_name, description, kind, signal, depends_on FROM cb_flow_steps \
+     WHERE flow_name = $1 ORDER BY position";
+
+/// `cb_run_flow`.
+pub const RUN_FLOW: &str = "SELECT cb_run_flow(name => $1, input => $2, concurrency_key => $3, headers => $4, \
+     visible_at => $5, expires_at => $6, priority => $7)";
+
+/// `cb_signal_flow`.
+pub const SIGNAL_FLOW: &str = "SELECT cb_signal_flow(flow => $1, run_id => $2, step => $3, input => $4)";
+
+/// `cb_cancel_flow`.
+pub const CANCEL_FLOW: &str = "SELECT cb_cancel_flow(name => $1, id => $2, reason => $3)";
+
+/// `cb_get_flow_run`.
+pub const GET_FLOW_RUN: &str = "SELECT * FROM cb_get_flow_run(flow => $1, id => $2)";
+
+/// `cb_list_flow_runs`.
+pub const LIST_FLOW_RUNS: &str = "SELECT * FROM cb_list_flow_runs(flow => $1, quantity => $2)";
+
+/// `cb_get_flow_run_steps`.
+pub const GET_FLOW_RUN_STEPS: &str = "SELECT * FROM cb_get_flow_run_steps(flow => $1, run_id => $2)";
+
+/// `cb_get_flow_step`.
+pub const GET_FLOW_STEP: &str = "SELECT * FROM cb_get_flow_step(flow => $1, run_id => $2, step => $3)";
+
+/// `cb_claim_steps`.
+pub const CLAIM_STEPS: &str =
+    "SELECT * FROM cb_claim_steps(flow => $1, step => $2, quantity => $3, hide_for => $4)";
+
+/// `cb_hide_steps`.
+pub const HIDE_STEPS: &str = "SELECT * FROM cb_hide_steps(flow => $1, ids => $2, hide_for => $3)";
+
+/// `cb_complete_step`.
+pub const COMPLETE_STEP: &str = "SELECT cb_complete_step(flow => $1, id => $2, attempt => $3, output => $4)";
+
+/// `cb_fail_step`.
+pub const FAIL_STEP: &str =
+    "SELECT cb_fail_step(flow => $1, id => $2, attempt => $3, error_message => $4, retry_delay => $5)";
+
+/// `cb_release_step`.
+pub const RELEASE_STEP: &str = "SELECT cb_release_step(flow => $1, id => $2, attempt => $3, delay => $4)";
+
+/// `cb_cancel_step_run`.
+pub const CANCEL_STEP_RUN: &str = "SELECT cb_cancel_step_run(flow => $1, id => $2, attempt => $3)";
+
+/// `cb_complete_flow_early`.
+pub const COMPLETE_FLOW_EARLY: &str =
+    "SELECT cb_complete_flow_early(flow => $1, run_id => $2, output => $3, reason => $4)";
+
+/// The status of one flow run.
+pub const FLOW_RUN_STATUS: &str = "SELECT status FROM cb_get_flow_run(flow => $1, id => $2)";
+
+/// `cb_claim_flow_on_fail`.
+pub const CLAIM_FLOW_ON_FAIL: &str =
+    "SELECT * FROM cb_claim_flow_on_fail(flow => $1, quantity => $2, hide_for => $3)";
+
+/// `cb_complete_flow_on_fail`.
+pub const COMPLETE_FLOW_ON_FAIL: &str =
+    "SELECT cb_complete_flow_on_fail(flow => $1, id => $2, on_fail_attempt => $3)";
+
+/// `cb_fail_flow_on_fail`.
+pub const FAIL_FLOW_ON_FAIL: &str = "SELECT cb_fail_flow_on_fail(flow => $1, id => $2, on_fail_attempt => $3, \
+     error_message => $4, retry_delay => $5)";
+
 /// Every statement above, for the prepare-all test.
 pub const ALL: &[&str] = &[
     CREATE_QUEUE,
@@ -158,4 +238,27 @@ pub const ALL: &[&str] = &[
     WORKER_STOPPED,
     LIST_WORKERS,
     WAKE_CHANNEL,
+    CREATE_FLOW,
+    DELETE_FLOW,
+    GET_FLOW,
+    LIST_FLOWS,
+    GET_FLOW_STEPS,
+    RUN_FLOW,
+    SIGNAL_FLOW,
+    CANCEL_FLOW,
+    GET_FLOW_RUN,
+    LIST_FLOW_RUNS,
+    GET_FLOW_RUN_STEPS,
+    GET_FLOW_STEP,
+    CLAIM_STEPS,
+    HIDE_STEPS,
+    COMPLETE_STEP,
+    FAIL_STEP,
+    RELEASE_STEP,
+    CANCEL_STEP_RUN,
+    COMPLETE_FLOW_EARLY,
+    FLOW_RUN_STATUS,
+    CLAIM_FLOW_ON_FAIL,
+    COMPLETE_FLOW_ON_FAIL,
+    FAIL_FLOW_ON_FAIL,
 ];
