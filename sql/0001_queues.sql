@@ -278,22 +278,34 @@ BEGIN
             USING concurrency_keys;
     END IF;
 
-    -- NOTE: rows are inserted in ordinality order, so ids follow body order
-    -- and, among repeated keys, the first body wins.
+    -- NOTE: ids are drawn in body order, but rows are inserted in key order,
+    -- and repeated keys in body order so the first body wins. Two concurrent
+    -- batches that share keys then wait for each other's uncommitted keys in
+    -- one direction only. Inserting in body order could deadlock, because
+    -- each batch could hold a key that the other one waits for.
     RETURN QUERY EXECUTE format($sql$
-        WITH inserted AS (
-            INSERT INTO %I (concurrency_key, topic, body, headers, priority, visible_at, expires_at)
-            SELECT nullif(k.key, ''), $2, b.body,
-                   CASE WHEN jsonb_typeof(h.headers) = 'object' THEN h.headers END,
-                   coalesce($5, 0), coalesce($6, now()), $7
+        WITH input AS (
+            SELECT b.ord, b.body, nullif(k.key, '') AS key,
+                   CASE WHEN jsonb_typeof(h.headers) = 'object' THEN h.headers END AS headers
             FROM unnest($1) WITH ORDINALITY AS b(body, ord)
             LEFT JOIN unnest($3) WITH ORDINALITY AS k(key, ord) USING (ord)
             LEFT JOIN unnest($4) WITH ORDINALITY AS h(headers, ord) USING (ord)
+        ), numbered AS (
+            -- PostgreSQL computes select-list expressions that the sort does
+            -- not use after sorting, so nextval runs in body order.
+            SELECT nextval(%2$L::regclass) AS id, input.*
+            FROM input
             ORDER BY ord
+        ), inserted AS (
+            INSERT INTO %1$I (id, concurrency_key, topic, body, headers, priority, visible_at, expires_at)
+            OVERRIDING SYSTEM VALUE
+            SELECT id, key, $2, body, headers, coalesce($5, 0), coalesce($6, now()), $7
+            FROM numbered
+            ORDER BY key NULLS LAST, ord
             ON CONFLICT (concurrency_key) WHERE concurrency_key IS NOT NULL DO NOTHING
             RETURNING id
         )
-        SELECT id FROM inserted ORDER BY id$sql$, v_table)
+        SELECT id FROM inserted ORDER BY id$sql$, v_table, pg_get_serial_sequence(v_table, 'id'))
         USING bodies, nullif(topic, ''), concurrency_keys, headers, priority, visible_at, expires_at;
 
     GET DIAGNOSTICS v_inserted = ROW_COUNT;

@@ -76,8 +76,9 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// PostgreSQL returned an error, or the connection failed.
-    #[error("catbird: database error: {0}")]
+    /// PostgreSQL returned an error, or the connection failed. The message
+    /// carries the server's error text and SQLSTATE.
+    #[error("catbird: database error: {}", database_error_text(.0))]
     Database(tokio_postgres::Error),
 
     /// The run failed for good; the text is its error message.
@@ -123,6 +124,19 @@ pub enum Error {
     /// No connection could be taken from the pool.
     #[error("catbird: no database connection available: {0}")]
     Pool(deadpool_postgres::PoolError),
+}
+
+/// Describes a driver error. `tokio_postgres::Error` displays only its kind
+/// ("db error"), so the server's message and SQLSTATE, or the underlying I/O
+/// error, are taken from its source.
+fn database_error_text(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
 }
 
 /// The part of the naming rule a name breaks.

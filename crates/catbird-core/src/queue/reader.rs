@@ -25,11 +25,12 @@ const READ_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// delivery count grows on the next read.
 ///
 /// The reader keeps every message it holds inside its lease: while a handler
-/// runs it extends the message's lease every half `hide_for`, and before it
-/// starts a message that waited in its batch for more than half the lease it
-/// extends that lease first. When the extension finds that another reader has
-/// read the message since, the message is skipped, so two handlers never run
-/// the same message at once while the database is reachable.
+/// runs it extends the message's lease each time half of `hide_for` has passed
+/// since the lease was last set, and before it starts a message that waited in
+/// its batch for more than half the lease it extends that lease first. When
+/// the extension finds that another reader has read the message since, the
+/// message is skipped, so two handlers never run the same message at once
+/// while the database is reachable.
 ///
 /// ```no_run
 /// # async fn example(pool: deadpool_postgres::Pool) -> Result<(), catbird_core::Error> {
@@ -156,10 +157,16 @@ where
                 return;
             }
 
-            if read_at.elapsed() >= renew_every && !self.renew_or_skip(&message).await {
-                continue;
+            // The message's lease was set by the read, unless it waited in
+            // the batch long enough to need an extension first.
+            let mut leased_at = read_at;
+            if read_at.elapsed() >= renew_every {
+                leased_at = Instant::now();
+                if !self.renew_or_skip(&message).await {
+                    continue;
+                }
             }
-            self.handle_one(message, renew_every).await;
+            self.handle_one(message, leased_at, renew_every).await;
         }
     }
 
@@ -181,11 +188,16 @@ where
         }
     }
 
-    async fn handle_one(&self, message: Message, renew_every: Duration) {
+    /// Runs the handler on `message`, whose current lease was set at
+    /// `leased_at`, and extends the lease every `renew_every` from then on.
+    async fn handle_one(&self, message: Message, leased_at: Instant, renew_every: Duration) {
         let id = message.id;
         let handled = std::pin::pin!((self.handler)(message.clone()));
         let mut handled = handled;
-        let mut ticker = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+        // Extensions are counted from when the lease was set, not from the
+        // handler's start: a message that waited almost half the lease would
+        // otherwise run without an extension until its lease nearly ran out.
+        let mut ticker = tokio::time::interval_at(leased_at + renew_every, renew_every);
 
         let result = loop {
             tokio::select! {

@@ -1,0 +1,76 @@
+//! Helpers shared by the queue and migration tests.
+
+use std::sync::Mutex;
+
+use catbird_core::{Error, Executor, Params};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+/// Reads the database clock. Tests compare message times with it because
+/// catbird decides visibility and expiry on the database clock.
+pub(crate) async fn db_now(pool: &Pool) -> DateTime<Utc> {
+    let client = pool.get().await.expect("take a pooled connection");
+    client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .expect("read the database clock")
+        .get(0)
+}
+
+/// Counts the messages stored in `queue`, whatever their visibility.
+pub(crate) async fn depth(pool: &Pool, queue: &str) -> i64 {
+    let client = pool.get().await.expect("take a pooled connection");
+    client
+        .query_one(&format!("SELECT count(*) FROM cb_q_{queue}"), &[])
+        .await
+        .expect("count the queue's messages")
+        .get(0)
+}
+
+/// Returns the SQLSTATE of a database error, or `None` for another error.
+pub(crate) fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.code().map(|code| code.code())
+}
+
+/// An executor that records every statement before running it on `inner`,
+/// so a test can show that an operation failed before reaching the database.
+pub(crate) struct RecordingExecutor<E> {
+    inner: E,
+    statements: Mutex<Vec<String>>,
+}
+
+impl<E> RecordingExecutor<E> {
+    pub(crate) fn new(inner: E) -> Self {
+        RecordingExecutor {
+            inner,
+            statements: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Returns the statements run so far, in order.
+    pub(crate) fn statements(&self) -> Vec<String> {
+        self.statements.lock().expect("statement log").clone()
+    }
+}
+
+impl<E: Executor> Executor for RecordingExecutor<E> {
+    async fn query_rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        self.statements
+            .lock()
+            .expect("statement log")
+            .push(sql.to_owned());
+        self.inner.query_rows(sql, params).await
+    }
+}
+
+/// Creates a test database with one empty queue and a client on its pool.
+pub(crate) async fn db_with_queue(queue: &str) -> (catbird_tests::TestDb, catbird_core::Client) {
+    let db = catbird_tests::TestDb::new().await;
+    let client = catbird_core::Client::new(db.pool.clone());
+    client
+        .create_queue(queue, catbird_core::queue::CreateQueueOpts::default())
+        .await
+        .expect("create the test queue");
+    (db, client)
+}

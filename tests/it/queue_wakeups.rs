@@ -1,0 +1,177 @@
+//! Wake-up notifications that sends issue on the installation's channel.
+
+use std::time::Duration;
+
+use catbird_core::queue::{self, CreateQueueOpts, SendManyOpts, SendOpts};
+use catbird_tests::TestDb;
+use chrono::TimeDelta;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use crate::helpers::{db_now, db_with_queue};
+
+/// A session listening on the wake-up channel, and the payloads it receives.
+struct Listener {
+    _client: tokio_postgres::Client,
+    payloads: mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    async fn start(db: &TestDb) -> Listener {
+        let (client, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect the listener");
+        let (sender, payloads) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(notification) = message {
+                    if sender.send(notification.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let channel: String = client
+            .query_one("SELECT cb_wake_channel()", &[])
+            .await
+            .expect("read the wake-up channel")
+            .get(0);
+        assert_eq!(channel, "cb_wake_public");
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .expect("listen");
+        Listener {
+            _client: client,
+            payloads,
+        }
+    }
+
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.payloads.recv())
+            .await
+            .expect("a wake-up within 10 s")
+            .expect("the listener is running")
+    }
+}
+
+#[tokio::test]
+async fn send_notifies_wake_channel() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    let mut listener = Listener::start(&db).await;
+
+    client
+        .send("wake_q", &json!(1), SendOpts::default())
+        .await?;
+
+    assert_eq!(listener.next().await, "q|wake_q|");
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_many_notifies_once() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    client
+        .create_queue("marker", CreateQueueOpts::default())
+        .await?;
+    let mut listener = Listener::start(&db).await;
+
+    client
+        .send_many("wake_q", &[1, 2, 3], SendManyOpts::default())
+        .await?;
+    client
+        .send("marker", &json!(1), SendOpts::default())
+        .await?;
+
+    assert_eq!(listener.next().await, "q|wake_q|");
+    assert_eq!(
+        listener.next().await,
+        "q|marker|",
+        "the batch sends a single wake-up"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn delayed_send_wakeup_carries_visible_time() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    let mut listener = Listener::start(&db).await;
+    let visible_at = db_now(&db.pool).await + TimeDelta::minutes(5);
+
+    client
+        .send(
+            "wake_q",
+            &json!(1),
+            SendOpts::default().visible_at(visible_at),
+        )
+        .await?;
+
+    let payload = listener.next().await;
+    let epoch = payload
+        .strip_prefix("q|wake_q|")
+        .unwrap_or_else(|| panic!("unexpected payload {payload}"));
+    let seconds: f64 = epoch.parse()?;
+    let expected = visible_at.timestamp_micros() as f64 / 1e6;
+    assert!(
+        (seconds - expected).abs() < 1e-3,
+        "payload time {seconds}, visible at {expected}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn rolled_back_send_notifies_nobody() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    client
+        .create_queue("marker", CreateQueueOpts::default())
+        .await?;
+    let mut listener = Listener::start(&db).await;
+
+    let mut connection = db.pool.get().await?;
+    let transaction = connection.transaction().await?;
+    queue::send(&transaction, "wake_q", &json!(1), SendOpts::default()).await?;
+    transaction.rollback().await?;
+    client
+        .send("marker", &json!(1), SendOpts::default())
+        .await?;
+
+    assert_eq!(
+        listener.next().await,
+        "q|marker|",
+        "the first wake-up comes from the committed send"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn deduplicated_send_notifies_nobody() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    client
+        .create_queue("marker", CreateQueueOpts::default())
+        .await?;
+    client
+        .send(
+            "wake_q",
+            &json!(1),
+            SendOpts::default().concurrency_key("k"),
+        )
+        .await?;
+    let mut listener = Listener::start(&db).await;
+
+    client
+        .send(
+            "wake_q",
+            &json!(2),
+            SendOpts::default().concurrency_key("k"),
+        )
+        .await?;
+    client
+        .send("marker", &json!(1), SendOpts::default())
+        .await?;
+
+    assert_eq!(listener.next().await, "q|marker|");
+    Ok(())
+}
