@@ -6,10 +6,10 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::executor::{Executor, Params};
+use crate::flow::{self, FlowDef, FlowHandle, FlowInfo, FlowRunInfo, RunFlowOpts, StepRunInfo};
 use crate::poll::PollOpts;
 use crate::queue::{self, CreateQueueOpts, Message, QueueInfo, SendManyOpts, SendOpts};
 use crate::task::{self, RunTaskOpts, RunTasksOpts, Task, TaskHandle, TaskInfo, TaskRunInfo};
-use crate::flow::{self, FlowDef, FlowHandle, FlowInfo, FlowRunInfo, RunFlowOpts, StepRunInfo};
 use crate::workers::{self, WorkerInfo};
 
 /// The catbird operations on a connection pool.
@@ -221,7 +221,9 @@ impl Client {
         input: &I,
         opts: RunFlowOpts,
     ) -> Result<FlowHandle, Error> {
-        Ok(flow::run_flow(&self.pool, name, input, opts).await?.with_client(self.clone()))
+        Ok(flow::run_flow(&self.pool, name, input, opts)
+            .await?
+            .with_client(self.clone()))
     }
 
     /// A handle to an existing flow run.
@@ -241,7 +243,12 @@ impl Client {
     }
 
     /// See [`flow::cancel_flow_run`].
-    pub async fn cancel_flow_run(&self, flow: &str, id: i64, reason: Option<&str>) -> Result<bool, Error> {
+    pub async fn cancel_flow_run(
+        &self,
+        flow: &str,
+        id: i64,
+        reason: Option<&str>,
+    ) -> Result<bool, Error> {
         flow::cancel_flow_run(&self.pool, flow, id, reason).await
     }
 

@@ -117,6 +117,21 @@ pub enum Error {
         step: String,
     },
 
+    /// A flow on-fail handler asked for the output of a step that did not
+    /// complete in the failed run.
+    #[error("catbird: step \"{0}\" has no completed output in this run")]
+    UnknownStepOutput(String),
+
+    /// A flow on-fail handler asked for the failed step's input, but none was
+    /// recorded (the run failed because no step produced an output).
+    #[error("catbird: no failed step input was recorded")]
+    NoFailedStepInput,
+
+    /// A flow on-fail handler asked for the failed step's signal input, but
+    /// the step had none.
+    #[error("catbird: the failed step had no signal input")]
+    NoFailedStepSignal,
+
     /// A run-context helper was used outside the handler it belongs to.
     #[error("catbird: no run context: {0} can only be called inside a task or flow handler")]
     NoRunContext(&'static str),

@@ -43,28 +43,29 @@
 mod client;
 mod error;
 mod executor;
+pub mod flow;
 mod names;
 mod payload;
 mod poll;
 mod pool;
 mod query;
 pub mod queue;
-pub mod flow;
 pub mod sql;
 pub mod task;
 pub mod workers;
 
 pub use client::Client;
 pub use error::{
-    Error, NO_OUTPUT_CANDIDATE, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED, SQLSTATE_NOT_FOUND,
+    Error, NO_OUTPUT_CANDIDATE, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED,
+    SQLSTATE_NOT_FOUND,
 };
 pub use executor::{Executor, Params};
+pub use flow::{FlowDef, FlowHandle, FlowInfo, FlowRunInfo, StepDef, StepRunInfo, StepStatus};
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use payload::{JsonText, MAX_PAYLOAD_BYTES};
 pub use poll::{DEFAULT_POLL_FOR, DEFAULT_POLL_INTERVAL, PollOpts};
 pub use pool::{DEFAULT_POOL_SIZE, pool_from_url};
 pub use query::Query;
-pub use flow::{FlowDef, FlowHandle, FlowInfo, FlowRunInfo, StepDef, StepRunInfo, StepStatus};
 pub use task::{RunStatus, RunTaskOpts, Task, TaskHandle, TaskInfo, TaskRunInfo};
 
 /// The schema migrator, re-exported.

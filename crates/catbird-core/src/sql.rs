@@ -130,12 +130,10 @@ pub const CREATE_FLOW: &str = "SELECT cb_create_flow(name => $1, steps => $2, de
 pub const DELETE_FLOW: &str = "SELECT cb_delete_flow(name => $1)";
 
 /// One flow definition.
-pub const GET_FLOW: &str =
-    "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows WHERE name = $1";
+pub const GET_FLOW: &str = "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows WHERE name = $1";
 
 /// Every flow definition, by name.
-pub const LIST_FLOWS: &str =
-    "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows ORDER BY name";
+pub const LIST_FLOWS: &str = "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows ORDER BY name";
 
 /// The steps of one flow definition, in definition order.
 pub const GET_FLOW_STEPS: &str = "SELECT step_name, description, kind, signal, depends_on FROM cb_flow_steps \
@@ -146,7 +144,8 @@ pub const RUN_FLOW: &str = "SELECT cb_run_flow(name => $1, input => $2, concurre
      visible_at => $5, expires_at => $6, priority => $7)";
 
 /// `cb_signal_flow`.
-pub const SIGNAL_FLOW: &str = "SELECT cb_signal_flow(flow => $1, run_id => $2, step => $3, input => $4)";
+pub const SIGNAL_FLOW: &str =
+    "SELECT cb_signal_flow(flow => $1, run_id => $2, step => $3, input => $4)";
 
 /// `cb_cancel_flow`.
 pub const CANCEL_FLOW: &str = "SELECT cb_cancel_flow(name => $1, id => $2, reason => $3)";
@@ -158,10 +157,12 @@ pub const GET_FLOW_RUN: &str = "SELECT * FROM cb_get_flow_run(flow => $1, id => 
 pub const LIST_FLOW_RUNS: &str = "SELECT * FROM cb_list_flow_runs(flow => $1, quantity => $2)";
 
 /// `cb_get_flow_run_steps`.
-pub const GET_FLOW_RUN_STEPS: &str = "SELECT * FROM cb_get_flow_run_steps(flow => $1, run_id => $2)";
+pub const GET_FLOW_RUN_STEPS: &str =
+    "SELECT * FROM cb_get_flow_run_steps(flow => $1, run_id => $2)";
 
 /// `cb_get_flow_step`.
-pub const GET_FLOW_STEP: &str = "SELECT * FROM cb_get_flow_step(flow => $1, run_id => $2, step => $3)";
+pub const GET_FLOW_STEP: &str =
+    "SELECT * FROM cb_get_flow_step(flow => $1, run_id => $2, step => $3)";
 
 /// `cb_claim_steps`.
 pub const CLAIM_STEPS: &str =
@@ -171,14 +172,15 @@ pub const CLAIM_STEPS: &str =
 pub const HIDE_STEPS: &str = "SELECT * FROM cb_hide_steps(flow => $1, ids => $2, hide_for => $3)";
 
 /// `cb_complete_step`.
-pub const COMPLETE_STEP: &str = "SELECT cb_complete_step(flow => $1, id => $2, attempt => $3, output => $4)";
+pub const COMPLETE_STEP: &str =
+    "SELECT cb_complete_step(flow => $1, id => $2, attempt => $3, output => $4)";
 
 /// `cb_fail_step`.
-pub const FAIL_STEP: &str =
-    "SELECT cb_fail_step(flow => $1, id => $2, attempt => $3, error_message => $4, retry_delay => $5)";
+pub const FAIL_STEP: &str = "SELECT cb_fail_step(flow => $1, id => $2, attempt => $3, error_message => $4, retry_delay => $5)";
 
 /// `cb_release_step`.
-pub const RELEASE_STEP: &str = "SELECT cb_release_step(flow => $1, id => $2, attempt => $3, delay => $4)";
+pub const RELEASE_STEP: &str =
+    "SELECT cb_release_step(flow => $1, id => $2, attempt => $3, delay => $4)";
 
 /// `cb_cancel_step_run`.
 pub const CANCEL_STEP_RUN: &str = "SELECT cb_cancel_step_run(flow => $1, id => $2, attempt => $3)";

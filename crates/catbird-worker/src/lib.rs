@@ -42,6 +42,8 @@
 
 pub mod backoff;
 pub mod breaker;
+mod flow;
+mod flow_loop;
 mod options;
 mod retry;
 mod task;
@@ -51,6 +53,10 @@ mod worker;
 
 pub use backoff::{BackoffStrategy, FullJitter};
 pub use breaker::{CircuitBreaker, CircuitBreakerStrategy};
+pub use flow::{
+    Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, cancel_flow,
+    complete_early,
+};
 pub use options::HandlerOpts;
 pub use task::{IntoTaskHandler, TaskContext, TaskFailure, TaskHandler, cancel};
 pub use worker::{

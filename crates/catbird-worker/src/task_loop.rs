@@ -20,10 +20,10 @@ use crate::task::{CallFn, OnFailFn, TaskContext, TaskFailure, TaskHandler};
 use crate::worker::Shared;
 
 /// How long an idle run loop waits for a wake-up before it polls again.
-const IDLE_POLL: Duration = Duration::from_secs(2);
+pub(crate) const IDLE_POLL: Duration = Duration::from_secs(2);
 
 /// How long an idle on-fail loop waits before it polls again.
-const IDLE_POLL_ON_FAIL: Duration = Duration::from_millis(500);
+pub(crate) const IDLE_POLL_ON_FAIL: Duration = Duration::from_millis(500);
 
 /// How long a handler may keep running after its cancellation token fired
 /// at the end of the shutdown grace period, before it is aborted.
@@ -81,7 +81,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, handler: TaskHandler, loops: &mut Join
 
 /// Waits for a wake-up, the fallback delay or shutdown. Returns false on
 /// shutdown.
-async fn idle(shared: &Shared, kind: &str, name: &str, fallback: Duration) -> bool {
+pub(crate) async fn idle(shared: &Shared, kind: &str, name: &str, fallback: Duration) -> bool {
     let waker = shared.registry.waker(kind, name);
     tokio::select! {
         () = waker.woken() => true,
@@ -92,7 +92,7 @@ async fn idle(shared: &Shared, kind: &str, name: &str, fallback: Duration) -> bo
 
 /// Waits after a failed poll, longer with each consecutive failure. Returns
 /// false on shutdown.
-async fn pause_after_error(shared: &Shared, failures: u32) -> bool {
+pub(crate) async fn pause_after_error(shared: &Shared, failures: u32) -> bool {
     let delay = FullJitter::new(Duration::from_millis(250), Duration::from_secs(5))
         .delay(failures.saturating_sub(1));
     tokio::select! {

@@ -72,6 +72,8 @@ impl LoopWaker {
 pub(crate) struct Registry {
     loops: Mutex<HashMap<String, Arc<LoopWaker>>>,
     running: Mutex<HashMap<(String, i64), CancellationToken>>,
+    /// Running steps per flow run: (flow, run id) -> step run id -> token.
+    running_steps: Mutex<HashMap<(String, i64), HashMap<i64, CancellationToken>>>,
 }
 
 impl Registry {
@@ -115,6 +117,39 @@ impl Registry {
         running.remove(&(kind.to_owned(), id));
     }
 
+    /// Records the token of a running step, fired when its flow run stops.
+    pub(crate) fn track_step(
+        &self,
+        flow: &str,
+        run_id: i64,
+        step_run_id: i64,
+        token: CancellationToken,
+    ) {
+        let mut running = self
+            .running_steps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        running
+            .entry((flow.to_owned(), run_id))
+            .or_default()
+            .insert(step_run_id, token);
+    }
+
+    /// Forgets a step that finished.
+    pub(crate) fn untrack_step(&self, flow: &str, run_id: i64, step_run_id: i64) {
+        let mut running = self
+            .running_steps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (flow.to_owned(), run_id);
+        if let Some(steps) = running.get_mut(&key) {
+            steps.remove(&step_run_id);
+            if steps.is_empty() {
+                running.remove(&key);
+            }
+        }
+    }
+
     /// Dispatches one notification payload.
     pub(crate) fn dispatch(&self, payload: &str) {
         let mut parts = payload.splitn(3, '|');
@@ -124,6 +159,25 @@ impl Registry {
             return;
         };
         match kind {
+            "fx" => {
+                let Ok(run_id) = rest.parse::<i64>() else {
+                    return;
+                };
+                let running = self
+                    .running_steps
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(steps) = running.get(&(name.to_owned(), run_id)) {
+                    tracing::debug!(
+                        flow = name,
+                        flow.run_id = run_id,
+                        "flow run stopped; stopping its running steps"
+                    );
+                    for token in steps.values() {
+                        token.cancel();
+                    }
+                }
+            }
             "tx" => {
                 let Ok(id) = rest.parse::<i64>() else { return };
                 let running = self

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backoff::{BackoffStrategy, FullJitter};
+use crate::flow::Flow;
 use crate::retry::with_retries;
 use crate::task::{IntoTaskHandler, TaskHandler};
-use crate::task_loop;
 use crate::wake::{self, Registry};
+use crate::{flow_loop, task_loop};
 
 /// How long in-flight handlers may finish after shutdown when no timeout is
 /// set.
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) lease: Duration,
     /// Claimed runs per task, for lease renewal.
     pub(crate) in_flight: Mutex<HashMap<String, HashSet<i64>>>,
+    /// Claimed step runs per flow, for lease renewal.
+    pub(crate) steps_in_flight: Mutex<HashMap<String, HashSet<i64>>>,
 }
 
 impl Shared {
@@ -68,6 +71,24 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(ids) = in_flight.get_mut(task) {
+            ids.remove(&id);
+        }
+    }
+
+    pub(crate) fn hold_step(&self, flow: &str, id: i64) {
+        let mut in_flight = self
+            .steps_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        in_flight.entry(flow.to_owned()).or_default().insert(id);
+    }
+
+    pub(crate) fn forget_step(&self, flow: &str, id: i64) {
+        let mut in_flight = self
+            .steps_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(ids) = in_flight.get_mut(flow) {
             ids.remove(&id);
         }
     }
@@ -100,6 +121,7 @@ pub struct Worker {
     listen_config: Option<Result<tokio_postgres::Config, String>>,
     tasks: Vec<TaskHandler>,
     definitions: Vec<Task>,
+    flows: Vec<Flow>,
     shutdown_timeout: Option<Duration>,
     lease: Duration,
     heartbeat_interval: Duration,
@@ -130,6 +152,7 @@ impl Worker {
             listen_config: None,
             tasks: Vec::new(),
             definitions: Vec::new(),
+            flows: Vec::new(),
             shutdown_timeout: None,
             lease: DEFAULT_LEASE,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -161,6 +184,13 @@ impl Worker {
     /// definition when it starts.
     pub fn task(mut self, handler: impl IntoTaskHandler) -> Self {
         self.tasks.push(handler.into_task_handler());
+        self
+    }
+
+    /// Adds a flow. The worker creates its definition when it starts and
+    /// executes the steps that have handlers.
+    pub fn flow(mut self, flow: Flow) -> Self {
+        self.flows.push(flow);
         self
     }
 
@@ -208,6 +238,16 @@ impl Worker {
         for definition in &self.definitions {
             definition.validate()?;
         }
+        let mut flow_names = HashSet::new();
+        for flow in &self.flows {
+            flow.validate().map_err(WorkerError::InvalidConfiguration)?;
+            if !flow_names.insert(flow.name().to_owned()) {
+                return Err(WorkerError::InvalidConfiguration(format!(
+                    "flow \"{}\" is added twice to one worker",
+                    flow.name()
+                )));
+            }
+        }
         if self.lease < Duration::from_millis(10) {
             return Err(WorkerError::InvalidConfiguration(format!(
                 "lease must be at least 10 ms, got {:?}",
@@ -244,6 +284,9 @@ impl Worker {
         for handler in &self.tasks {
             create_task(&self.pool, &handler.definition).await?;
         }
+        for flow in &self.flows {
+            catbird_core::flow::create_flow(&self.pool, flow.definition()).await?;
+        }
         let channel: String = self
             .pool
             .query_opt_row(sql::WAKE_CHANNEL, &[])
@@ -259,6 +302,7 @@ impl Worker {
             hard_stop: CancellationToken::new(),
             lease: self.lease,
             in_flight: Mutex::new(HashMap::new()),
+            steps_in_flight: Mutex::new(HashMap::new()),
         });
         let task_names: Vec<String> = self
             .tasks
@@ -270,8 +314,28 @@ impl Worker {
         // listener's first wake-all reaches them.
         let mut loops = JoinSet::new();
         let mut background = JoinSet::new();
+        let mut step_names: Vec<(String, String)> = self
+            .flows
+            .iter()
+            .flat_map(|flow| {
+                flow.steps
+                    .iter()
+                    .filter(|step| step.call.is_some())
+                    .map(|step| (flow.name().to_owned(), step.name().to_owned()))
+            })
+            .collect();
+        step_names.sort();
+        let step_handlers = serde_json::Value::Array(
+            step_names
+                .iter()
+                .map(|(flow, step)| serde_json::json!({ "flow": flow, "step": step }))
+                .collect(),
+        );
         for handler in self.tasks {
             task_loop::spawn(&shared, handler, &mut loops);
+        }
+        for flow in self.flows {
+            flow_loop::spawn(&shared, flow, &mut loops);
         }
 
         let listener_stop = CancellationToken::new();
@@ -289,10 +353,11 @@ impl Worker {
             tracing::info!(worker.id = %self.id, "no listen connection configured; the worker polls for new runs");
         }
 
-        register(&shared, &task_names).await;
+        register(&shared, &task_names, &step_handlers).await;
         background.spawn(heartbeat(
             shared.clone(),
             task_names.clone(),
+            step_handlers,
             self.heartbeat_interval,
         ));
         background.spawn(renew_leases(shared.clone()));
@@ -328,14 +393,13 @@ impl Worker {
     }
 }
 
-async fn register(shared: &Shared, task_names: &[String]) {
+async fn register(shared: &Shared, task_names: &[String], steps: &serde_json::Value) {
     let mut sorted = task_names.to_vec();
     sorted.sort();
-    let steps = serde_json::Value::Array(Vec::new());
     let result = with_retries("register the worker", &shared.shutdown, || async {
         shared
             .pool
-            .query_rows(sql::WORKER_STARTED, &[&shared.id, &sorted, &steps])
+            .query_rows(sql::WORKER_STARTED, &[&shared.id, &sorted, steps])
             .await
     })
     .await;
@@ -346,7 +410,12 @@ async fn register(shared: &Shared, task_names: &[String]) {
 
 /// Records a heartbeat every `interval`, registering again when the row is
 /// gone.
-async fn heartbeat(shared: Arc<Shared>, task_names: Vec<String>, interval: Duration) {
+async fn heartbeat(
+    shared: Arc<Shared>,
+    task_names: Vec<String>,
+    step_handlers: serde_json::Value,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -363,7 +432,7 @@ async fn heartbeat(shared: Arc<Shared>, task_names: Vec<String>, interval: Durat
             Ok(Some(row)) if row.get::<_, bool>(0) => {}
             Ok(_) => {
                 tracing::info!(worker.id = %shared.id, "worker registration was removed; registering again");
-                register(&shared, &task_names).await;
+                register(&shared, &task_names, &step_handlers).await;
             }
             Err(error) => tracing::warn!(worker.id = %shared.id, %error, "heartbeat failed"),
         }
@@ -395,14 +464,33 @@ async fn renew_leases(shared: Arc<Shared>) {
                 .map(|(task, ids)| (task.clone(), ids.iter().copied().collect()))
                 .collect()
         };
-        for (task, ids) in held {
+        let held_steps: Vec<(String, Vec<i64>)> = {
+            let in_flight = shared
+                .steps_in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            in_flight
+                .iter()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(flow, ids)| (flow.clone(), ids.iter().copied().collect()))
+                .collect()
+        };
+        let renewals = held
+            .into_iter()
+            .map(|(name, ids)| (sql::HIDE_TASKS, name, ids))
+            .chain(
+                held_steps
+                    .into_iter()
+                    .map(|(name, ids)| (sql::HIDE_STEPS, name, ids)),
+            );
+        for (statement, name, ids) in renewals {
             let lease_ms = shared.lease_ms();
             if let Err(error) = shared
                 .pool
-                .query_rows(sql::HIDE_TASKS, &[&task, &ids, &lease_ms])
+                .query_rows(statement, &[&name, &ids, &lease_ms])
                 .await
             {
-                tracing::warn!(worker.id = %shared.id, task, count = ids.len(), %error,
+                tracing::warn!(worker.id = %shared.id, name, count = ids.len(), %error,
                     "could not extend leases; retrying soon");
                 tokio::time::sleep(backoff.delay(0)).await;
             }

@@ -48,7 +48,11 @@ pub struct Dependency {
 impl Dependency {
     /// A required dependency whose output the step receives.
     pub fn on(name: impl Into<String>) -> Self {
-        Dependency { name: name.into(), optional: false, ignore_output: false }
+        Dependency {
+            name: name.into(),
+            optional: false,
+            ignore_output: false,
+        }
     }
 }
 
@@ -72,7 +76,10 @@ pub struct StepDef {
 impl StepDef {
     /// A step named `name` without dependencies.
     pub fn new(name: impl Into<String>) -> Self {
-        StepDef { name: name.into(), ..StepDef::default() }
+        StepDef {
+            name: name.into(),
+            ..StepDef::default()
+        }
     }
 
     /// Sets the description.
@@ -89,13 +96,19 @@ impl StepDef {
 
     /// Adds an optional dependency: it may be skipped.
     pub fn depends_on_optional(mut self, name: impl Into<String>) -> Self {
-        self.depends_on.push(Dependency { optional: true, ..Dependency::on(name) });
+        self.depends_on.push(Dependency {
+            optional: true,
+            ..Dependency::on(name)
+        });
         self
     }
 
     /// Adds a dependency the step waits for without receiving its output.
     pub fn depends_on_ignoring_output(mut self, name: impl Into<String>) -> Self {
-        self.depends_on.push(Dependency { ignore_output: true, ..Dependency::on(name) });
+        self.depends_on.push(Dependency {
+            ignore_output: true,
+            ..Dependency::on(name)
+        });
         self
     }
 
@@ -144,7 +157,10 @@ pub struct FlowDef {
 impl FlowDef {
     /// A flow named `name` without steps.
     pub fn new(name: impl Into<String>) -> Self {
-        FlowDef { name: name.into(), ..FlowDef::default() }
+        FlowDef {
+            name: name.into(),
+            ..FlowDef::default()
+        }
     }
 
     /// Adds a step.
@@ -258,7 +274,10 @@ impl StepStatus {
 
     /// Whether the step finished: completed, failed, skipped or canceled.
     pub fn is_done(self) -> bool {
-        matches!(self, StepStatus::Completed | StepStatus::Failed | StepStatus::Skipped | StepStatus::Canceled)
+        matches!(
+            self,
+            StepStatus::Completed | StepStatus::Failed | StepStatus::Skipped | StepStatus::Canceled
+        )
     }
 }
 
@@ -282,7 +301,11 @@ impl std::str::FromStr for StepStatus {
             "failed" => StepStatus::Failed,
             "skipped" => StepStatus::Skipped,
             "canceled" => StepStatus::Canceled,
-            other => return Err(Error::InvalidArgument(format!("unknown step status \"{other}\""))),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown step status \"{other}\""
+                )));
+            }
         })
     }
 }
@@ -356,7 +379,10 @@ impl FlowRunInfo {
 
     /// Whether the run has finished: completed, failed, canceled or expired.
     pub fn is_done(&self) -> bool {
-        matches!(self.status, RunStatus::Completed | RunStatus::Failed | RunStatus::Canceled | RunStatus::Expired)
+        matches!(
+            self.status,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Canceled | RunStatus::Expired
+        )
     }
 
     /// Whether the run completed.
@@ -372,7 +398,9 @@ impl FlowRunInfo {
                 let output = self.output.clone().unwrap_or(Value::Null);
                 T::deserialize(output).map_err(|source| Error::json_decode("flow output", source))
             }
-            RunStatus::Failed => Err(Error::RunFailed(self.error_message.clone().unwrap_or_default())),
+            RunStatus::Failed => Err(Error::RunFailed(
+                self.error_message.clone().unwrap_or_default(),
+            )),
             RunStatus::Canceled => Err(Error::RunCanceled(self.cancel_reason.clone())),
             RunStatus::Expired => Err(Error::RunExpired),
             status => Err(Error::RunNotCompleted(status)),
@@ -455,7 +483,9 @@ impl StepRunInfo {
         match self.status {
             StepStatus::Completed => T::deserialize(self.output.clone().unwrap_or(Value::Null))
                 .map_err(|source| Error::json_decode("step output", source)),
-            StepStatus::Failed => Err(Error::RunFailed(self.error_message.clone().unwrap_or_default())),
+            StepStatus::Failed => Err(Error::RunFailed(
+                self.error_message.clone().unwrap_or_default(),
+            )),
             StepStatus::Canceled => Err(Error::RunCanceled(None)),
             StepStatus::Skipped => Err(Error::RunSkipped),
             _ => Err(Error::InvalidArgument(format!(
@@ -479,20 +509,33 @@ pub struct FlowHandle<O = Value> {
 
 impl<O> fmt::Debug for FlowHandle<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FlowHandle").field("flow", &self.flow).field("id", &self.id).finish()
+        f.debug_struct("FlowHandle")
+            .field("flow", &self.flow)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
 impl<O> Clone for FlowHandle<O> {
     fn clone(&self) -> Self {
-        FlowHandle { flow: self.flow.clone(), id: self.id, client: self.client.clone(), output: PhantomData }
+        FlowHandle {
+            flow: self.flow.clone(),
+            id: self.id,
+            client: self.client.clone(),
+            output: PhantomData,
+        }
     }
 }
 
 impl<O: DeserializeOwned> FlowHandle<O> {
     /// A handle to run `id` of `flow`.
     pub fn new(flow: impl Into<String>, id: i64) -> Self {
-        FlowHandle { flow: flow.into(), id, client: None, output: PhantomData }
+        FlowHandle {
+            flow: flow.into(),
+            id,
+            client: None,
+            output: PhantomData,
+        }
     }
 
     /// The flow's name.
@@ -513,7 +556,12 @@ impl<O: DeserializeOwned> FlowHandle<O> {
 
     /// The same run, with its output decoded as `T`.
     pub fn typed<T: DeserializeOwned>(self) -> FlowHandle<T> {
-        FlowHandle { flow: self.flow, id: self.id, client: self.client, output: PhantomData }
+        FlowHandle {
+            flow: self.flow,
+            id: self.id,
+            client: self.client,
+            output: PhantomData,
+        }
     }
 
     fn client(&self) -> Result<&Client, Error> {
@@ -530,11 +578,16 @@ impl<O: DeserializeOwned> FlowHandle<O> {
     /// (see [`Error::is_no_output_candidate`]), [`Error::RunCanceled`] or
     /// [`Error::RunExpired`].
     pub async fn wait_for_output(&self) -> Result<O, Error> {
-        self.wait_for_output_on(self.client()?, PollOpts::default()).await
+        self.wait_for_output_on(self.client()?, PollOpts::default())
+            .await
     }
 
     /// [`FlowHandle::wait_for_output`] on an executor.
-    pub async fn wait_for_output_on(&self, executor: &impl Executor, poll: PollOpts) -> Result<O, Error> {
+    pub async fn wait_for_output_on(
+        &self,
+        executor: &impl Executor,
+        poll: PollOpts,
+    ) -> Result<O, Error> {
         let poll = poll.normalized();
         loop {
             let run = get_flow_run(executor, &self.flow, self.id).await?;
@@ -575,12 +628,21 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 pub async fn create_flow(executor: &impl Executor, flow: &FlowDef) -> Result<(), Error> {
     flow.validate()?;
     let steps = JsonText::encode("flow steps", &flow.steps_json())?;
-    let retention = flow.retention_period.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let retention = flow
+        .retention_period
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let has_on_fail = flow.has_on_fail;
     executor
         .query_rows(
             sql::CREATE_FLOW,
-            &[&flow.name, &steps, &flow.description, &flow.output_priority, &retention, &has_on_fail],
+            &[
+                &flow.name,
+                &steps,
+                &flow.description,
+                &flow.output_priority,
+                &retention,
+                &has_on_fail,
+            ],
         )
         .await?;
     Ok(())
@@ -623,7 +685,10 @@ async fn flow_steps(executor: &impl Executor, name: &str) -> Result<Vec<StepInfo
 pub async fn get_flow(executor: &impl Executor, name: &str) -> Result<FlowInfo, Error> {
     validate_name("flow", name)?;
     let Some(row) = executor.query_opt_row(sql::GET_FLOW, &[&name]).await? else {
-        return Err(Error::NotFound { kind: "flow", name: name.to_owned() });
+        return Err(Error::NotFound {
+            kind: "flow",
+            name: name.to_owned(),
+        });
     };
     let steps = flow_steps(executor, name).await?;
     Ok(flow_info(&row, steps))
@@ -643,10 +708,18 @@ pub async fn list_flows(executor: &impl Executor) -> Result<Vec<FlowInfo>, Error
 
 /// Builds the statement [`run_flow`] runs, without running it. Its one row
 /// holds the run id in column 0.
-pub fn run_flow_query<I: Serialize + ?Sized>(name: &str, input: &I, opts: RunFlowOpts) -> Result<Query, Error> {
+pub fn run_flow_query<I: Serialize + ?Sized>(
+    name: &str,
+    input: &I,
+    opts: RunFlowOpts,
+) -> Result<Query, Error> {
     validate_name("flow", name)?;
     let input = JsonText::encode("flow input", input)?;
-    let headers = opts.headers.as_ref().map(|headers| JsonText::encode("headers", headers)).transpose()?;
+    let headers = opts
+        .headers
+        .as_ref()
+        .map(|headers| JsonText::encode("headers", headers))
+        .transpose()?;
     let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
         Box::new(name.to_owned()),
         Box::new(input),
@@ -686,11 +759,17 @@ pub async fn signal_flow<S: Serialize + ?Sized>(
 ) -> Result<(), Error> {
     validate_name("flow", flow)?;
     let input = JsonText::encode("signal input", input)?;
-    let row = executor.query_opt_row(sql::SIGNAL_FLOW, &[&flow, &run_id, &step, &input]).await?;
+    let row = executor
+        .query_opt_row(sql::SIGNAL_FLOW, &[&flow, &run_id, &step, &input])
+        .await?;
     if row.is_some_and(|row| row.get::<_, bool>(0)) {
         Ok(())
     } else {
-        Err(Error::SignalNotDelivered { flow: flow.to_owned(), run_id, step: step.to_owned() })
+        Err(Error::SignalNotDelivered {
+            flow: flow.to_owned(),
+            run_id,
+            step: step.to_owned(),
+        })
     }
 }
 
@@ -705,39 +784,73 @@ pub async fn cancel_flow_run(
     reason: Option<&str>,
 ) -> Result<bool, Error> {
     validate_name("flow", flow)?;
-    let row = executor.query_opt_row(sql::CANCEL_FLOW, &[&flow, &id, &reason]).await?;
+    let row = executor
+        .query_opt_row(sql::CANCEL_FLOW, &[&flow, &id, &reason])
+        .await?;
     Ok(row.is_some_and(|row| row.get(0)))
 }
 
 /// Returns one flow run. Unknown flow: [`Error::NotDefined`]; unknown id:
 /// [`Error::NotFound`].
-pub async fn get_flow_run(executor: &impl Executor, flow: &str, id: i64) -> Result<FlowRunInfo, Error> {
+pub async fn get_flow_run(
+    executor: &impl Executor,
+    flow: &str,
+    id: i64,
+) -> Result<FlowRunInfo, Error> {
     validate_name("flow", flow)?;
-    match executor.query_opt_row(sql::GET_FLOW_RUN, &[&flow, &id]).await? {
+    match executor
+        .query_opt_row(sql::GET_FLOW_RUN, &[&flow, &id])
+        .await?
+    {
         Some(row) => FlowRunInfo::from_row(&row),
-        None => Err(Error::NotFound { kind: "flow run", name: format!("{flow}/{id}") }),
+        None => Err(Error::NotFound {
+            kind: "flow run",
+            name: format!("{flow}/{id}"),
+        }),
     }
 }
 
 /// Returns the 20 most recent runs of a flow, newest first.
-pub async fn list_flow_runs(executor: &impl Executor, flow: &str) -> Result<Vec<FlowRunInfo>, Error> {
+pub async fn list_flow_runs(
+    executor: &impl Executor,
+    flow: &str,
+) -> Result<Vec<FlowRunInfo>, Error> {
     validate_name("flow", flow)?;
-    let rows = executor.query_rows(sql::LIST_FLOW_RUNS, &[&flow, &20i32]).await?;
+    let rows = executor
+        .query_rows(sql::LIST_FLOW_RUNS, &[&flow, &20i32])
+        .await?;
     rows.iter().map(FlowRunInfo::from_row).collect()
 }
 
 /// Returns every step of a flow run, in definition order.
-pub async fn get_flow_run_steps(executor: &impl Executor, flow: &str, id: i64) -> Result<Vec<StepRunInfo>, Error> {
+pub async fn get_flow_run_steps(
+    executor: &impl Executor,
+    flow: &str,
+    id: i64,
+) -> Result<Vec<StepRunInfo>, Error> {
     validate_name("flow", flow)?;
-    let rows = executor.query_rows(sql::GET_FLOW_RUN_STEPS, &[&flow, &id]).await?;
+    let rows = executor
+        .query_rows(sql::GET_FLOW_RUN_STEPS, &[&flow, &id])
+        .await?;
     rows.iter().map(StepRunInfo::from_row).collect()
 }
 
 /// Returns one step of a flow run.
-pub async fn get_flow_step(executor: &impl Executor, flow: &str, run_id: i64, step: &str) -> Result<StepRunInfo, Error> {
+pub async fn get_flow_step(
+    executor: &impl Executor,
+    flow: &str,
+    run_id: i64,
+    step: &str,
+) -> Result<StepRunInfo, Error> {
     validate_name("flow", flow)?;
-    match executor.query_opt_row(sql::GET_FLOW_STEP, &[&flow, &run_id, &step]).await? {
+    match executor
+        .query_opt_row(sql::GET_FLOW_STEP, &[&flow, &run_id, &step])
+        .await?
+    {
         Some(row) => StepRunInfo::from_row(&row),
-        None => Err(Error::NotFound { kind: "step run", name: format!("{flow}/{run_id}/{step}") }),
+        None => Err(Error::NotFound {
+            kind: "step run",
+            name: format!("{flow}/{run_id}/{step}"),
+        }),
     }
 }

@@ -21,7 +21,11 @@ fn condition_root(condition: &str) -> Result<String, Error> {
             first = next;
         }
     }
-    Ok(first.split(['.', '[']).next().unwrap_or_default().to_owned())
+    Ok(first
+        .split(['.', '['])
+        .next()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
@@ -37,18 +41,28 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
         if step.name == "input" || step.name == "signal" {
             return Err(invalid(
                 name,
-                format!("step name \"{}\" is reserved (conditions use input.* and signal.*)", step.name),
+                format!(
+                    "step name \"{}\" is reserved (conditions use input.* and signal.*)",
+                    step.name
+                ),
             ));
         }
         if !names.insert(step.name.as_str()) {
-            return Err(invalid(name, format!("step \"{}\" is defined twice", step.name)));
+            return Err(invalid(
+                name,
+                format!("step \"{}\" is defined twice", step.name),
+            ));
         }
     }
 
     let conditional: HashSet<&str> = flow
         .steps
         .iter()
-        .filter(|step| step.condition.as_deref().is_some_and(|c| !c.trim().is_empty()))
+        .filter(|step| {
+            step.condition
+                .as_deref()
+                .is_some_and(|c| !c.trim().is_empty())
+        })
         .map(|step| step.name.as_str())
         .collect();
 
@@ -56,7 +70,10 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
         let mut seen = HashSet::new();
         for dependency in &step.depends_on {
             if dependency.name == step.name {
-                return Err(invalid(name, format!("step \"{}\" depends on itself", step.name)));
+                return Err(invalid(
+                    name,
+                    format!("step \"{}\" depends on itself", step.name),
+                ));
             }
             if !names.contains(dependency.name.as_str()) {
                 return Err(invalid(
@@ -70,10 +87,16 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
             if !seen.insert(dependency.name.as_str()) {
                 return Err(invalid(
                     name,
-                    format!("step \"{}\" lists the dependency \"{}\" twice", step.name, dependency.name),
+                    format!(
+                        "step \"{}\" lists the dependency \"{}\" twice",
+                        step.name, dependency.name
+                    ),
                 ));
             }
-            if conditional.contains(dependency.name.as_str()) && !dependency.optional && !dependency.ignore_output {
+            if conditional.contains(dependency.name.as_str())
+                && !dependency.optional
+                && !dependency.ignore_output
+            {
                 return Err(invalid(
                     name,
                     format!(
@@ -87,7 +110,10 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
 
         if let Some(condition) = step.condition.as_deref().filter(|c| !c.trim().is_empty()) {
             let root = condition_root(condition)?;
-            let dependency = step.depends_on.iter().find(|dependency| dependency.name == root);
+            let dependency = step
+                .depends_on
+                .iter()
+                .find(|dependency| dependency.name == root);
             if root == "signal" && !step.signal {
                 return Err(invalid(
                     name,
@@ -100,13 +126,18 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
             if root != "input" && root != "signal" {
                 match dependency {
                     None => {
-                        let listed: Vec<&str> = step.depends_on.iter().map(|d| d.name.as_str()).collect();
+                        let listed: Vec<&str> =
+                            step.depends_on.iter().map(|d| d.name.as_str()).collect();
                         return Err(invalid(
                             name,
                             format!(
                                 "the condition of step \"{}\" reads \"{root}\", which is not one of its dependencies ({})",
                                 step.name,
-                                if listed.is_empty() { "none".to_owned() } else { listed.join(", ") }
+                                if listed.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    listed.join(", ")
+                                }
                             ),
                         ));
                     }
@@ -126,29 +157,47 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
     }
 
     if let Some(cycle) = find_cycle(flow) {
-        return Err(invalid(name, format!("the dependencies form a cycle: {}", cycle.join(" -> "))));
+        return Err(invalid(
+            name,
+            format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
+        ));
     }
 
-    let depended_on: HashSet<&str> =
-        flow.steps.iter().flat_map(|step| step.depends_on.iter().map(|d| d.name.as_str())).collect();
+    let depended_on: HashSet<&str> = flow
+        .steps
+        .iter()
+        .flat_map(|step| step.depends_on.iter().map(|d| d.name.as_str()))
+        .collect();
     if let Some(priority) = &flow.output_priority {
         if priority.is_empty() {
-            return Err(invalid(name, "output_priority is empty; omit it to use the final steps".to_owned()));
+            return Err(invalid(
+                name,
+                "output_priority is empty; omit it to use the final steps".to_owned(),
+            ));
         }
         let mut listed = HashSet::new();
         for entry in priority {
             if !names.contains(entry.as_str()) {
-                return Err(invalid(name, format!("output_priority names \"{entry}\", which is not a step")));
+                return Err(invalid(
+                    name,
+                    format!("output_priority names \"{entry}\", which is not a step"),
+                ));
             }
             if !listed.insert(entry.as_str()) {
-                return Err(invalid(name, "output_priority lists a step twice".to_owned()));
+                return Err(invalid(
+                    name,
+                    "output_priority lists a step twice".to_owned(),
+                ));
             }
         }
         for step in &flow.steps {
             if !depended_on.contains(step.name.as_str()) && !listed.contains(step.name.as_str()) {
                 return Err(invalid(
                     name,
-                    format!("output_priority must include every final step; \"{}\" is missing", step.name),
+                    format!(
+                        "output_priority must include every final step; \"{}\" is missing",
+                        step.name
+                    ),
                 ));
             }
         }
@@ -161,7 +210,12 @@ fn find_cycle(flow: &FlowDef) -> Option<Vec<String>> {
     let dependencies: HashMap<&str, Vec<&str>> = flow
         .steps
         .iter()
-        .map(|step| (step.name.as_str(), step.depends_on.iter().map(|d| d.name.as_str()).collect()))
+        .map(|step| {
+            (
+                step.name.as_str(),
+                step.depends_on.iter().map(|d| d.name.as_str()).collect(),
+            )
+        })
         .collect();
 
     // Depth-first search with colours: grey nodes are on the current path.
@@ -171,7 +225,10 @@ fn find_cycle(flow: &FlowDef) -> Option<Vec<String>> {
         Grey,
         Black,
     }
-    let mut colour: HashMap<&str, Colour> = dependencies.keys().map(|name| (*name, Colour::White)).collect();
+    let mut colour: HashMap<&str, Colour> = dependencies
+        .keys()
+        .map(|name| (*name, Colour::White))
+        .collect();
 
     fn visit<'a>(
         node: &'a str,
@@ -181,11 +238,16 @@ fn find_cycle(flow: &FlowDef) -> Option<Vec<String>> {
     ) -> Option<Vec<String>> {
         colour.insert(node, Colour::Grey);
         path.push(node);
-        for &next in dependencies.get(node).map(Vec::as_slice).unwrap_or_default() {
+        for &next in dependencies
+            .get(node)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             match colour.get(next).copied() {
                 Some(Colour::Grey) => {
                     let start = path.iter().position(|n| *n == next).unwrap_or(0);
-                    let mut cycle: Vec<String> = path[start..].iter().map(|n| (*n).to_owned()).collect();
+                    let mut cycle: Vec<String> =
+                        path[start..].iter().map(|n| (*n).to_owned()).collect();
                     cycle.push(next.to_owned());
                     return Some(cycle);
                 }
@@ -227,14 +289,22 @@ mod tests {
             .step(StepDef::new("validate"))
             .step(StepDef::new("charge").depends_on("validate"))
             .step(StepDef::new("stock").depends_on("validate"))
-            .step(StepDef::new("ship").depends_on("charge").depends_on("stock"))
+            .step(
+                StepDef::new("ship")
+                    .depends_on("charge")
+                    .depends_on("stock"),
+            )
             .validate()
             .unwrap();
     }
 
     #[test]
     fn accepts_dependencies_defined_later() {
-        FlowDef::new("f").step(StepDef::new("b").depends_on("a")).step(StepDef::new("a")).validate().unwrap();
+        FlowDef::new("f")
+            .step(StepDef::new("b").depends_on("a"))
+            .step(StepDef::new("a"))
+            .validate()
+            .unwrap();
     }
 
     #[test]
@@ -245,18 +315,28 @@ mod tests {
                 .step(StepDef::new("b").depends_on("a"))
                 .step(StepDef::new("c").depends_on("b")),
         );
-        assert!(error.ends_with("the dependencies form a cycle: a -> c -> b -> a"), "{error}");
+        assert!(
+            error.ends_with("the dependencies form a cycle: a -> c -> b -> a"),
+            "{error}"
+        );
     }
 
     #[test]
     fn rejects_unknown_dependency() {
         let error = error_of(FlowDef::new("f").step(StepDef::new("a").depends_on("zz")));
-        assert!(error.contains("step \"a\" depends on \"zz\", which is not a step of the flow"), "{error}");
+        assert!(
+            error.contains("step \"a\" depends on \"zz\", which is not a step of the flow"),
+            "{error}"
+        );
     }
 
     #[test]
     fn rejects_duplicate_step() {
-        let error = error_of(FlowDef::new("f").step(StepDef::new("a")).step(StepDef::new("a")));
+        let error = error_of(
+            FlowDef::new("f")
+                .step(StepDef::new("a"))
+                .step(StepDef::new("a")),
+        );
         assert!(error.contains("step \"a\" is defined twice"), "{error}");
     }
 
@@ -282,9 +362,14 @@ mod tests {
     #[test]
     fn rejects_condition_on_a_step_that_is_not_a_dependency() {
         let error = error_of(
-            FlowDef::new("f").step(StepDef::new("a")).step(StepDef::new("b").condition("a.ok eq true")),
+            FlowDef::new("f")
+                .step(StepDef::new("a"))
+                .step(StepDef::new("b").condition("a.ok eq true")),
         );
-        assert!(error.contains("reads \"a\", which is not one of its dependencies (none)"), "{error}");
+        assert!(
+            error.contains("reads \"a\", which is not one of its dependencies (none)"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -314,8 +399,15 @@ mod tests {
 
     #[test]
     fn output_priority_must_name_steps_and_cover_final_steps() {
-        let base = || FlowDef::new("f").step(StepDef::new("a")).step(StepDef::new("b"));
-        assert!(error_of(base().output_priority(["zz", "a", "b"])).contains("\"zz\", which is not a step"));
+        let base = || {
+            FlowDef::new("f")
+                .step(StepDef::new("a"))
+                .step(StepDef::new("b"))
+        };
+        assert!(
+            error_of(base().output_priority(["zz", "a", "b"]))
+                .contains("\"zz\", which is not a step")
+        );
         assert!(error_of(base().output_priority(["a"])).contains("\"b\" is missing"));
         assert!(error_of(base().output_priority(["a", "a", "b"])).contains("twice"));
         assert!(error_of(base().output_priority(Vec::<String>::new())).contains("empty"));
