@@ -2,6 +2,7 @@
 //! build and link time down. Each test creates its own database.
 
 mod flows;
+mod gc;
 mod helpers;
 mod migrations;
 mod queue_concurrency;

@@ -267,6 +267,39 @@ impl Client {
         flow::get_flow_run_steps(&self.pool, flow, id).await
     }
 
+    /// See [`crate::gc::gc`].
+    pub async fn gc(&self) -> Result<crate::gc::GcReport, Error> {
+        crate::gc::gc(&self.pool).await
+    }
+
+    /// See [`crate::gc::purge_task_runs`].
+    pub async fn purge_task_runs(
+        &self,
+        task: &str,
+        older_than: std::time::Duration,
+    ) -> Result<i32, Error> {
+        crate::gc::purge_task_runs(&self.pool, task, older_than).await
+    }
+
+    /// See [`crate::gc::purge_flow_runs`].
+    pub async fn purge_flow_runs(
+        &self,
+        flow: &str,
+        older_than: std::time::Duration,
+    ) -> Result<i32, Error> {
+        crate::gc::purge_flow_runs(&self.pool, flow, older_than).await
+    }
+
+    /// See [`crate::gc::clear_task_runs`].
+    pub async fn clear_task_runs(&self, task: &str) -> Result<i32, Error> {
+        crate::gc::clear_task_runs(&self.pool, task).await
+    }
+
+    /// See [`crate::gc::clear_flow_runs`].
+    pub async fn clear_flow_runs(&self, flow: &str) -> Result<i32, Error> {
+        crate::gc::clear_flow_runs(&self.pool, flow).await
+    }
+
     /// See [`workers::list_workers`].
     pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, Error> {
         workers::list_workers(&self.pool).await

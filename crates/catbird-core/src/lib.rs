@@ -44,6 +44,7 @@ mod client;
 mod error;
 mod executor;
 pub mod flow;
+pub mod gc;
 mod names;
 mod payload;
 mod poll;
@@ -61,6 +62,7 @@ pub use error::{
 };
 pub use executor::{Executor, Params};
 pub use flow::{FlowDef, FlowHandle, FlowInfo, FlowRunInfo, StepDef, StepRunInfo, StepStatus};
+pub use gc::{GcReport, gc};
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use payload::{JsonText, MAX_PAYLOAD_BYTES};
 pub use poll::{DEFAULT_POLL_FOR, DEFAULT_POLL_INTERVAL, PollOpts};

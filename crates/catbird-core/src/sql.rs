@@ -204,6 +204,21 @@ pub const COMPLETE_FLOW_ON_FAIL: &str =
 pub const FAIL_FLOW_ON_FAIL: &str = "SELECT cb_fail_flow_on_fail(flow => $1, id => $2, on_fail_attempt => $3, \
      error_message => $4, retry_delay => $5)";
 
+/// `cb_gc`.
+pub const GC: &str = "SELECT * FROM cb_gc()";
+
+/// `cb_purge_task_runs`.
+pub const PURGE_TASK_RUNS: &str = "SELECT cb_purge_task_runs(name => $1, older_than => $2)";
+
+/// `cb_purge_flow_runs`.
+pub const PURGE_FLOW_RUNS: &str = "SELECT cb_purge_flow_runs(name => $1, older_than => $2)";
+
+/// `cb_clear_task_runs`.
+pub const CLEAR_TASK_RUNS: &str = "SELECT cb_clear_task_runs(name => $1)";
+
+/// `cb_clear_flow_runs`.
+pub const CLEAR_FLOW_RUNS: &str = "SELECT cb_clear_flow_runs(name => $1)";
+
 /// Every statement above, for the prepare-all test.
 pub const ALL: &[&str] = &[
     CREATE_QUEUE,
@@ -263,4 +278,9 @@ pub const ALL: &[&str] = &[
     CLAIM_FLOW_ON_FAIL,
     COMPLETE_FLOW_ON_FAIL,
     FAIL_FLOW_ON_FAIL,
+    GC,
+    PURGE_TASK_RUNS,
+    PURGE_FLOW_RUNS,
+    CLEAR_TASK_RUNS,
+    CLEAR_FLOW_RUNS,
 ];

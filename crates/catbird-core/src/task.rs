@@ -491,15 +491,11 @@ fn non_empty(value: &Option<String>) -> Option<String> {
     value.as_ref().filter(|value| !value.is_empty()).cloned()
 }
 
-fn millis_i64(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Creates a task definition, or replaces the description, condition and
 /// retention period of an existing one. Its runs are kept.
 pub async fn create_task(executor: &impl Executor, task: &Task) -> Result<(), Error> {
     task.validate()?;
-    let retention = task.retention_period.map(millis_i64);
+    let retention = task.retention_period.map(crate::gc::millis_at_least_one);
     let has_on_fail = task.has_on_fail;
     executor
         .query_rows(

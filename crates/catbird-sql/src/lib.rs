@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -108,6 +108,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "flows",
         source: include_str!("../../../sql/0004_flows.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "gc",
+        source: include_str!("../../../sql/0005_gc.sql"),
     },
 ];
 

@@ -60,7 +60,8 @@ pub use flow::{
 pub use options::HandlerOpts;
 pub use task::{IntoTaskHandler, TaskContext, TaskFailure, TaskHandler, cancel};
 pub use worker::{
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE, DEFAULT_SHUTDOWN_TIMEOUT, Worker, WorkerError,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE, DEFAULT_SHUTDOWN_TIMEOUT, GC_INTERVAL, Worker,
+    WorkerError,
 };
 
 /// The catbird client, re-exported.

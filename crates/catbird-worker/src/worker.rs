@@ -28,6 +28,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(600);
 /// How often a worker records its heartbeat.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often a worker's heartbeat runs garbage collection at most. Every
+/// worker collects, so with several workers passes come more often.
+pub const GC_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Errors that stop a worker from starting.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -419,6 +423,9 @@ async fn heartbeat(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    // The first heartbeat collects garbage; later ones at most once a minute.
+    let now = tokio::time::Instant::now();
+    let mut last_gc = now.checked_sub(GC_INTERVAL).unwrap_or(now);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -429,7 +436,20 @@ async fn heartbeat(
             .query_opt_row(sql::WORKER_HEARTBEAT, &[&shared.id])
             .await
         {
-            Ok(Some(row)) if row.get::<_, bool>(0) => {}
+            Ok(Some(row)) if row.get::<_, bool>(0) => {
+                if last_gc.elapsed() >= GC_INTERVAL {
+                    last_gc = tokio::time::Instant::now();
+                    match catbird_core::gc::gc(&shared.pool).await {
+                        Ok(report) if report != catbird_core::GcReport::default() => {
+                            tracing::info!(worker.id = %shared.id, ?report, "garbage collection")
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(worker.id = %shared.id, %error, "garbage collection failed")
+                        }
+                    }
+                }
+            }
             Ok(_) => {
                 tracing::info!(worker.id = %shared.id, "worker registration was removed; registering again");
                 register(&shared, &task_names, &step_handlers).await;

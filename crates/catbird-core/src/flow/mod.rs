@@ -628,9 +628,7 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 pub async fn create_flow(executor: &impl Executor, flow: &FlowDef) -> Result<(), Error> {
     flow.validate()?;
     let steps = JsonText::encode("flow steps", &flow.steps_json())?;
-    let retention = flow
-        .retention_period
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let retention = flow.retention_period.map(crate::gc::millis_at_least_one);
     let has_on_fail = flow.has_on_fail;
     executor
         .query_rows(
