@@ -28,7 +28,7 @@ struct Args {
     /// A smoke run with small counts, under a minute.
     #[arg(long)]
     quick: bool,
-    /// Runs only this scenario (repeatable): tasks, latency.
+    /// Runs only this scenario (repeatable): tasks, latency, flows.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// Where the JSON results go.
@@ -53,7 +53,7 @@ pub(crate) struct Bench {
     pub(crate) quick: bool,
 }
 
-const SCENARIOS: &[&str] = &["tasks", "latency"];
+const SCENARIOS: &[&str] = &["tasks", "latency", "flows"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -114,6 +114,7 @@ async fn run(args: &Args, url: &str, chosen: &[&str]) -> anyhow::Result<Vec<Figu
         let mut found = match *scenario {
             "tasks" => scenarios::tasks(&bench).await?,
             "latency" => scenarios::latency(&bench).await?,
+            "flows" => scenarios::flows(&bench).await?,
             other => anyhow::bail!("unknown scenario {other}"),
         };
         figures.append(&mut found);

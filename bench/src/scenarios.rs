@@ -156,3 +156,124 @@ pub(crate) async fn latency(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
         figure("commit to handler start, max", percentile(&samples, 100.0)),
     ])
 }
+
+/// Runs many 3-step chains and 4-step diamonds with no-op steps through one
+/// worker, and a plain no-op task beside them, and reports flow runs per
+/// second and the cost of one step relative to one task run.
+pub(crate) async fn flows(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
+    use catbird_core::flow::{FlowDef, RunFlowOpts, StepDef, run_flow};
+    use catbird_worker::{Flow, StepArgs, StepContext, StepHandler};
+
+    let runs = if bench.quick { 200 } else { 2_000 };
+    let noop = |definition: StepDef| {
+        StepHandler::new(definition, |_: StepArgs, _ctx: StepContext| async move {
+            Ok::<_, anyhow::Error>(1)
+        })
+        .concurrency(16)
+    };
+    let chain = Flow::new("bench_chain")
+        .step(noop(StepDef::new("a")))
+        .step(noop(StepDef::new("b").depends_on("a")))
+        .step(noop(StepDef::new("c").depends_on("b")));
+    let diamond = Flow::new("bench_diamond")
+        .step(noop(StepDef::new("a")))
+        .step(noop(StepDef::new("b").depends_on("a")))
+        .step(noop(StepDef::new("c").depends_on("a")))
+        .step(noop(StepDef::new("d").depends_on("b").depends_on("c")));
+    let task = TaskHandler::new(
+        "bench_flow_task",
+        |_: serde_json::Value, _ctx: TaskContext| async move { Ok::<_, anyhow::Error>(()) },
+    )
+    .concurrency(16);
+    let definitions: Vec<FlowDef> = vec![chain.definition().clone(), diamond.definition().clone()];
+    for definition in &definitions {
+        catbird_core::flow::create_flow(&bench.pool, definition).await?;
+    }
+    create_task(&bench.pool, &Task::define("bench_flow_task")).await?;
+
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(bench.pool.clone())
+        .listen_url(&bench.url)
+        .task(task)
+        .flow(chain)
+        .flow(diamond);
+    let running = tokio::spawn(worker.start(shutdown.clone()));
+
+    let mut figures = Vec::new();
+    let mut rates = HashMap::new();
+    for (name, table, steps) in [
+        ("bench_flow_task", "cb_t_bench_flow_task", 1),
+        ("bench_chain", "cb_f_bench_chain", 3),
+        ("bench_diamond", "cb_f_bench_diamond", 4),
+    ] {
+        let started = Instant::now();
+        for i in 0..runs {
+            if name == "bench_flow_task" {
+                run_task(&bench.pool, name, &i, RunTaskOpts::default()).await?;
+            } else {
+                run_flow(&bench.pool, name, &i, RunFlowOpts::default()).await?;
+            }
+        }
+        loop {
+            let rows = bench
+                .pool
+                .query_rows(
+                    &format!("SELECT count(*) FROM {table} WHERE status = 'completed'"),
+                    &[],
+                )
+                .await?;
+            if rows[0].get::<_, i64>(0) >= runs as i64 {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "{name} did not finish in 10 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rate = runs as f64 / started.elapsed().as_secs_f64();
+        rates.insert(name, (rate, steps));
+    }
+    shutdown.cancel();
+    running.await??;
+
+    let task_rate = rates["bench_flow_task"].0;
+    let parameters =
+        json!({ "runs": runs, "concurrency_per_step": 16, "enqueue": "one call per run" });
+    figures.push(Figure {
+        scenario: "flows",
+        figure: "task runs, one enqueue per call (baseline)",
+        value: task_rate,
+        unit: "runs/s",
+        parameters: parameters.clone(),
+    });
+    for (name, label, ratio_label) in [
+        (
+            "bench_chain",
+            "3-step chain",
+            "3-step chain: one step costs (task runs)",
+        ),
+        (
+            "bench_diamond",
+            "4-step diamond",
+            "4-step diamond: one step costs (task runs)",
+        ),
+    ] {
+        let (rate, steps) = rates[name];
+        figures.push(Figure {
+            scenario: "flows",
+            figure: label,
+            value: rate,
+            unit: "flow runs/s",
+            parameters: parameters.clone(),
+        });
+        figures.push(Figure {
+            scenario: "flows",
+            figure: ratio_label,
+            value: task_rate / (rate * steps as f64),
+            unit: "x",
+            parameters: parameters.clone(),
+        });
+    }
+    Ok(figures)
+}

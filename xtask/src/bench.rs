@@ -12,7 +12,7 @@ pub(crate) struct Args {
     /// A smoke run with small counts, under a minute.
     #[arg(long)]
     quick: bool,
-    /// Runs only this scenario (repeatable): tasks, latency.
+    /// Runs only this scenario (repeatable): tasks, latency, flows.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
 }

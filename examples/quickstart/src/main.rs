@@ -1,4 +1,5 @@
-//! The quickstart: queues end to end on a real PostgreSQL.
+//! The quickstart: queues, a task and a flow end to end on a real
+//! PostgreSQL.
 //!
 //! Run it with `cargo xtask demo`, which starts or finds a server and points
 //! `CB_CONN` at a demo database; or set `CB_CONN` yourself and run
@@ -9,7 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use catbird::flow::{RunFlowOpts, StepDef};
 use catbird::queue::{CreateQueueOpts, Message, Reader, SendManyOpts, SendOpts};
+use catbird::task::RunTaskOpts;
+use catbird::worker::{Flow, StepArgs, StepContext, StepHandler, TaskContext, TaskHandler, Worker};
 use catbird::{CancellationToken, Client};
 use serde::{Deserialize, Serialize};
 
@@ -21,29 +25,45 @@ struct Email {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("CB_CONN").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = std::env::var("CB_CONN")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let pool = catbird::pool_from_url(&url, 4)?;
 
     // 1. Apply the schema: one transaction per version, safe to repeat.
-    let mut connection = pool.get().await.context("connect to PostgreSQL (is CB_CONN right?)")?;
+    let mut connection = pool
+        .get()
+        .await
+        .context("connect to PostgreSQL (is CB_CONN right?)")?;
     let applied = catbird::schema::migrate_up(&mut connection).await?;
     drop(connection);
-    println!("schema: at version {} (applied now: {applied:?})", catbird::schema::SCHEMA_VERSION);
+    println!(
+        "schema: at version {} (applied now: {applied:?})",
+        catbird::schema::SCHEMA_VERSION
+    );
 
     // 2. A queue. Creating it again is a no-op; start from an empty one.
     let client = Client::new(pool.clone());
     client.delete_queue("quickstart_emails").await?;
     client
-        .create_queue("quickstart_emails", CreateQueueOpts::default().description("outgoing emails"))
+        .create_queue(
+            "quickstart_emails",
+            CreateQueueOpts::default().description("outgoing emails"),
+        )
         .await?;
     println!("queue: created quickstart_emails");
 
     // 3. Send: two ordinary messages, an urgent one, and one delayed by 1.5 s.
-    let email = |to: &str, subject: &str| Email { to: to.into(), subject: subject.into() };
+    let email = |to: &str, subject: &str| Email {
+        to: to.into(),
+        subject: subject.into(),
+    };
     client
         .send_many(
             "quickstart_emails",
-            &[email("ada@example.com", "welcome"), email("bob@example.com", "welcome")],
+            &[
+                email("ada@example.com", "welcome"),
+                email("bob@example.com", "welcome"),
+            ],
             SendManyOpts::default(),
         )
         .await?;
@@ -66,7 +86,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. Read: highest priority first, then oldest first; the delayed one is
     // not visible yet. Deleting a message acknowledges it.
-    let messages = client.read("quickstart_emails", 10, Duration::from_secs(30)).await?;
+    let messages = client
+        .read("quickstart_emails", 10, Duration::from_secs(30))
+        .await?;
     for message in &messages {
         let email: Email = message.body_as()?;
         println!(
@@ -87,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
             let handled = handled.clone();
             async move {
                 let email: Email = message.body_as()?;
-                println!("reader: #{} to {} {:?}, acknowledged", message.id, email.to, email.subject);
+                println!(
+                    "reader: #{} to {} {:?}, acknowledged",
+                    message.id, email.to, email.subject
+                );
                 handled.fetch_add(1, Ordering::SeqCst);
                 shutdown.cancel();
                 Ok::<(), anyhow::Error>(())
@@ -99,12 +124,106 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("the reader did not receive the delayed message within 10 s")??;
 
-    let left = client.read("quickstart_emails", 10, Duration::from_secs(1)).await?;
+    let left = client
+        .read("quickstart_emails", 10, Duration::from_secs(1))
+        .await?;
     println!(
-        "done: {} read directly, {} by the reader, {} left in the queue",
+        "queue done: {} read directly, {} by the reader, {} left in the queue",
         messages.len(),
         handled.load(Ordering::SeqCst),
         left.len()
     );
+
+    tasks_and_flows(&url, pool).await
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    to: String,
+    words: usize,
+}
+
+/// 6. A task and a two-step flow, executed by a worker in this process.
+async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> anyhow::Result<()> {
+    let count_words = TaskHandler::new(
+        "quickstart_count_words",
+        |email: Email, _ctx: TaskContext| async move {
+            let words = email.subject.split_whitespace().count();
+            Ok::<_, anyhow::Error>(Receipt {
+                to: email.to,
+                words,
+            })
+        },
+    )
+    .description("counts the words of an email subject")
+    .max_retries(3);
+
+    let double = StepHandler::new(
+        StepDef::new("double"),
+        |args: StepArgs, _ctx: StepContext| async move {
+            Ok::<_, anyhow::Error>(args.input::<i64>()? * 2)
+        },
+    );
+    let add = StepHandler::new(
+        StepDef::new("add").depends_on("double"),
+        |args: StepArgs, _ctx: StepContext| async move {
+            Ok::<_, anyhow::Error>(args.dependency::<i64>("double")? + 1)
+        },
+    );
+    let double_add = Flow::new("quickstart_double_add").step(double).step(add);
+
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(pool.clone())
+        .listen_url(url)
+        .task(count_words)
+        .flow(double_add);
+    let worker = tokio::spawn(worker.start(shutdown.clone()));
+
+    let client = Client::new(pool);
+    let email = Email {
+        to: "ada@example.com".into(),
+        subject: "your weekly digest is ready".into(),
+    };
+    // The worker creates the definitions as it starts; wait until it has.
+    let run = loop {
+        match client
+            .run_task("quickstart_count_words", &email, RunTaskOpts::default())
+            .await
+        {
+            Ok(run) => break run,
+            Err(error) if error.is_not_defined() => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let receipt: Receipt =
+        tokio::time::timeout(Duration::from_secs(10), run.clone().typed().wait_for_output()).await??;
+    println!(
+        "task: run #{} counted {} words for {}",
+        run.id(),
+        receipt.words,
+        receipt.to
+    );
+
+    let flow_run = loop {
+        match client
+            .run_flow("quickstart_double_add", &10, RunFlowOpts::default())
+            .await
+        {
+            Ok(run) => break run,
+            Err(error) if error.is_not_defined() => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let output: i64 =
+        tokio::time::timeout(Duration::from_secs(10), flow_run.typed().wait_for_output()).await??;
+    println!("flow: double then add on 10 gave {output}");
+
+    shutdown.cancel();
+    worker.await??;
+    println!("done: the worker stopped cleanly");
     Ok(())
 }
