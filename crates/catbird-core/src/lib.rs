@@ -41,6 +41,7 @@
 //! ```
 
 mod client;
+pub mod condition;
 mod error;
 mod executor;
 mod names;
@@ -52,6 +53,7 @@ pub mod queue;
 pub mod sql;
 
 pub use client::Client;
+pub use condition::{Condition, ConditionError, Operator};
 pub use error::{Error, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED};
 pub use executor::{Executor, Params};
 pub use names::{MAX_NAME_LEN, validate_name};

@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -88,11 +88,18 @@ impl Migration {
 /// Every known version, in order. The file names are
 /// `NNNN_description.sql`; a unit test checks that this list and the folder
 /// agree.
-static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "queues",
-    source: include_str!("../../../sql/0001_queues.sql"),
-}];
+static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "queues",
+        source: include_str!("../../../sql/0001_queues.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "conditions",
+        source: include_str!("../../../sql/0002_conditions.sql"),
+    },
+];
 
 /// Every known version, in order.
 pub fn migrations() -> &'static [Migration] {
