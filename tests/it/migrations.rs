@@ -57,6 +57,14 @@ async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
         .get(0)
 }
 
+/// Every known version, ascending: what a full migration applies.
+fn all_versions() -> Vec<i32> {
+    catbird_sql::migrations()
+        .iter()
+        .map(|migration| migration.version)
+        .collect()
+}
+
 #[tokio::test]
 async fn migrate_up_applies_version_one() -> anyhow::Result<()> {
     let db = TestDb::empty().await;
@@ -64,11 +72,11 @@ async fn migrate_up_applies_version_one() -> anyhow::Result<()> {
 
     let applied = catbird_sql::migrate_up(&mut client).await?;
 
-    assert_eq!(applied, vec![1]);
-    assert_eq!(SCHEMA_VERSION, 1);
+    assert_eq!(applied, all_versions());
+    assert_eq!(Some(&SCHEMA_VERSION), all_versions().last());
     let row = client
         .query_one(
-            &format!("SELECT version, name, checksum FROM {VERSION_TABLE}"),
+            &format!("SELECT version, name, checksum FROM {VERSION_TABLE} WHERE version = 1"),
             &[],
         )
         .await?;
@@ -91,10 +99,10 @@ async fn migrate_up_is_idempotent() -> anyhow::Result<()> {
     let second = catbird_sql::migrate_up(&mut client).await?;
     let up_to_one = catbird_sql::migrate_up_to(&mut client, 1).await?;
 
-    assert_eq!(first, vec![1]);
+    assert_eq!(first, all_versions());
     assert_eq!(second, Vec::<i32>::new());
     assert_eq!(up_to_one, Vec::<i32>::new());
-    assert_eq!(recorded_versions(&client).await, vec![1]);
+    assert_eq!(recorded_versions(&client).await, all_versions());
     Ok(())
 }
 
@@ -132,7 +140,10 @@ async fn current_version_follows_migrations() -> anyhow::Result<()> {
 
     assert_eq!(catbird_sql::current_version(&mut client).await?, 0);
     catbird_sql::migrate_up(&mut client).await?;
-    assert_eq!(catbird_sql::current_version(&mut client).await?, 1);
+    assert_eq!(
+        catbird_sql::current_version(&mut client).await?,
+        SCHEMA_VERSION
+    );
     catbird_sql::migrate_down_to(&mut client, 0).await?;
     assert_eq!(catbird_sql::current_version(&mut client).await?, 0);
     Ok(())
@@ -165,7 +176,9 @@ async fn migrate_down_to_zero_removes_every_object() -> anyhow::Result<()> {
 
     let reverted = catbird_sql::migrate_down_to(&mut client, 0).await?;
 
-    assert_eq!(reverted, vec![1]);
+    let mut newest_first = all_versions();
+    newest_first.reverse();
+    assert_eq!(reverted, newest_first);
     assert_eq!(schema_objects(&client).await, Vec::<String>::new());
     assert!(!version_table_exists(&client).await);
     let status = catbird_sql::status(&mut client).await?;
@@ -200,7 +213,7 @@ async fn migrate_up_after_full_revert_works() -> anyhow::Result<()> {
     catbird_sql::migrate_down_to(&mut client, 0).await?;
     let applied = catbird_sql::migrate_up(&mut client).await?;
 
-    assert_eq!(applied, vec![1]);
+    assert_eq!(applied, all_versions());
     assert_eq!(catbird.list_queues().await?, Vec::new());
     catbird
         .create_queue("jobs", CreateQueueOpts::default())
@@ -236,15 +249,15 @@ async fn concurrent_migrate_up_applies_version_once() -> anyhow::Result<()> {
     let mut applied_by = 0;
     for result in results {
         let applied = result?;
-        if applied == vec![1] {
+        if applied == all_versions() {
             applied_by += 1;
         } else {
             assert_eq!(applied, Vec::<i32>::new());
         }
     }
-    assert_eq!(applied_by, 1, "exactly one migrator applies version 1");
+    assert_eq!(applied_by, 1, "exactly one migrator applies the versions");
     let client = db.connect().await;
-    assert_eq!(recorded_versions(&client).await, vec![1]);
+    assert_eq!(recorded_versions(&client).await, all_versions());
     Ok(())
 }
 
@@ -387,7 +400,7 @@ async fn failed_version_rolls_back() -> anyhow::Result<()> {
         catbird_sql::migrate_up(&mut other),
     )
     .await??;
-    assert_eq!(applied, vec![1]);
+    assert_eq!(applied, all_versions());
     Ok(())
 }
 
