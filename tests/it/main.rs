@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL, linked into one binary to keep
 //! build and link time down. Each test creates its own database.
 
+mod conditions;
 mod helpers;
 mod migrations;
 mod queue_concurrency;

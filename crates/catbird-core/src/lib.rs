@@ -41,6 +41,7 @@
 //! ```
 
 mod client;
+pub mod condition;
 mod error;
 mod executor;
 mod names;
@@ -54,6 +55,7 @@ pub mod task;
 pub mod workers;
 
 pub use client::Client;
+pub use condition::{Condition, ConditionError, Operator};
 pub use error::{
     Error, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED, SQLSTATE_NOT_FOUND,
 };

@@ -77,7 +77,15 @@ impl Task {
     /// Checks the name and condition without touching the database.
     pub fn validate(&self) -> Result<(), Error> {
         validate_task_name(&self.name)?;
-        // CONDITION-CHECK
+        if let Some(condition) = self.condition.as_deref().filter(|c| !c.trim().is_empty()) {
+            let parsed = crate::condition::Condition::parse(condition)?;
+            if parsed.root() != "input" {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid condition \"{condition}\" of task \"{}\": a task condition can only read input.*",
+                    self.name
+                )));
+            }
+        }
         Ok(())
     }
 }
