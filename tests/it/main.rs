@@ -6,4 +6,5 @@ mod queue_concurrency;
 mod queue_reader;
 mod queues;
 mod sql_api;
+mod task_support;
 mod tasks;
