@@ -332,7 +332,7 @@ pub(crate) async fn supervise<T: Send + 'static>(
             }
             () = sleep_until_opt(deadline) => {
                 token.cancel();
-                handle.abort();
+                stop_handler(handle).await;
                 return Supervised::TimedOut;
             }
             () = token.cancelled(), if !token_seen => {
@@ -342,11 +342,22 @@ pub(crate) async fn supervise<T: Send + 'static>(
                 }
             }
             () = sleep_until_opt(abort_at) => {
-                handle.abort();
+                stop_handler(handle).await;
                 return Supervised::Interrupted;
             }
         }
     }
+}
+
+/// Aborts a handler task and waits until its future has been dropped, so
+/// the attempt has really stopped (its destructors have run) before the run
+/// is failed or given back and another attempt can start.
+async fn stop_handler<T>(handle: tokio::task::JoinHandle<T>) {
+    handle.abort();
+    // The join result is the cancellation, or the value if the handler
+    // finished just before the abort; the attempt's outcome is already
+    // decided either way.
+    let _ = handle.await;
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
