@@ -6,5 +6,6 @@ mod queue_concurrency;
 mod queue_reader;
 mod queues;
 mod sql_api;
+mod task_retries;
 mod task_support;
 mod tasks;
