@@ -6,6 +6,7 @@ mod queue_concurrency;
 mod queue_reader;
 mod queues;
 mod sql_api;
+mod task_cancel;
 mod task_retries;
 mod task_support;
 mod tasks;
