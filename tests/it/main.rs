@@ -7,6 +7,7 @@ mod queue_reader;
 mod queues;
 mod sql_api;
 mod task_cancel;
+mod task_on_fail;
 mod task_retries;
 mod task_support;
 mod tasks;
