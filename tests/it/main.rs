@@ -11,3 +11,4 @@ mod task_on_fail;
 mod task_retries;
 mod task_support;
 mod tasks;
+mod worker_lifecycle;
