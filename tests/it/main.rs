@@ -9,6 +9,7 @@ mod sql_api;
 mod task_cancel;
 mod task_on_fail;
 mod task_retries;
+mod task_sql_api;
 mod task_support;
 mod tasks;
 mod worker_lifecycle;
