@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::task_support::{Log, output_of, start, wait_for_len, wait_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_queued_run_stores_reason_and_never_runs() -> anyhow::Result<()> {
+async fn cancel_queued_run_never_runs() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("job")).await?;
@@ -63,7 +63,7 @@ async fn cancel_queued_run_stores_reason_and_never_runs() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_started_run_fires_token_and_discards_result() -> anyhow::Result<()> {
+async fn cancel_started_run_fires_token() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let events: Log<(String, Instant)> = Log::new();
@@ -125,7 +125,7 @@ async fn cancel_started_run_fires_token_and_discards_result() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_claimed_run_before_start_never_runs() -> anyhow::Result<()> {
+async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("batch")).await?;

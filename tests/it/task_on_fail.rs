@@ -281,8 +281,8 @@ async fn on_fail_survives_recreated_definition() -> anyhow::Result<()> {
     };
     let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
 
-    // A process that only enqueues registers the definition it knows, which
-    // says nothing about on-fail handlers.
+    // A process that only enqueues registers the definition without any
+    // on-fail handler.
     client
         .create_task(&Task::define("charge").description("charges a card"))
         .await?;

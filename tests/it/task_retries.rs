@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::task_support::{Log, output_of, start, wait_for_len, wait_status};
 
-/// A backoff that always waits the same time, so a test knows a retry is
-/// still pending.
+/// A backoff that always waits the same time, so a test can rely on a retry
+/// still being pending.
 struct FixedBackoff(Duration);
 
 impl BackoffStrategy for FixedBackoff {
@@ -432,7 +432,7 @@ async fn retrying_keyed_run_holds_its_key() -> anyhow::Result<()> {
         HandlerOpts::default()
             .max_retries(3)
             .batch_size(64)
-            .backoff_strategy(Arc::new(FixedBackoff(Duration::from_secs(1)))),
+            .backoff_strategy(Arc::new(FixedBackoff(Duration::from_secs(2)))),
     );
     let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
     let key = |account: i64| RunTaskOpts::default().concurrency_key(format!("acct-{account}"));

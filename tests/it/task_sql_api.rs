@@ -10,7 +10,7 @@ use tokio_postgres::{AsyncMessage, Client, Row};
 
 use crate::task_support::DEADLINE;
 
-/// The SQLSTATE of a failed statement.
+/// Returns the SQLSTATE of a failed statement.
 fn sqlstate(error: &tokio_postgres::Error) -> String {
     error
         .code()

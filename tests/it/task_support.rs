@@ -60,7 +60,8 @@ pub(crate) async fn start(db: &TestDb, worker: Worker) -> Running {
     }
 }
 
-/// Waits until `check` holds for run `id` of `task`, and returns the run.
+/// Waits until `check` returns true for run `id` of `task`, and returns the
+/// run.
 pub(crate) async fn wait_run(
     client: &Client,
     task: &str,
@@ -132,7 +133,7 @@ pub(crate) fn echo(name: &str) -> TaskHandler {
     })
 }
 
-/// Waits until `log` holds at least `count` events.
+/// Waits until `log` contains at least `count` events.
 pub(crate) async fn wait_for_len<T: Clone>(log: &Log<T>, count: usize) {
     let what = format!("{count} logged events");
     wait_for(&what, DEADLINE, || async {

@@ -308,7 +308,7 @@ async fn concurrency_key_returns_active_run() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrency_key_holds_queued_run_per_task() -> anyhow::Result<()> {
+async fn concurrency_key_dedup_per_task() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("one")).await?;
@@ -364,7 +364,7 @@ async fn concurrency_key_is_freed_after_failure() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_runs_with_one_key_create_one_run() -> anyhow::Result<()> {
+async fn concurrent_keyed_runs_create_one() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("dedup")).await?;
@@ -554,7 +554,7 @@ async fn headers_round_trip() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nul_input_is_rejected_and_nothing_stored() -> anyhow::Result<()> {
+async fn nul_input_is_rejected() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("echo")).await?;

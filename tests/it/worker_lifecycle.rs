@@ -323,6 +323,24 @@ async fn slow_live_handler_keeps_its_lease() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A child process that is killed when this value is dropped, so a failing
+/// test leaves no worker process behind.
+struct ChildProcess(std::process::Child);
+
+impl ChildProcess {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
 /// A handler that records each attempt in the `probe` table, then blocks
 /// on the first attempt and completes the later ones.
 fn probing(name: &str) -> TaskHandler {
@@ -343,7 +361,7 @@ fn probing(name: &str) -> TaskHandler {
 }
 
 /// Runs a worker for the `probed` task in this process until it is killed.
-/// Started by `killed_worker_run_is_recovered`; without its environment
+/// Started by `killed_worker_run_is_recovered`. Without its environment
 /// variable it returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of killed_worker_run_is_recovered, not a test of its own"]
@@ -374,7 +392,7 @@ async fn killed_worker_run_is_recovered() -> anyhow::Result<()> {
         .run_task("probed", &1, RunTaskOpts::default())
         .await?;
 
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let child = std::process::Command::new(std::env::current_exe()?)
         .args([
             "--exact",
             "worker_lifecycle::child_worker_process",
@@ -385,6 +403,7 @@ async fn killed_worker_run_is_recovered() -> anyhow::Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
+    let mut child = ChildProcess(child);
     let started = wait_for("the child worker to start the run", DEADLINE, || async {
         let row = admin
             .query_opt(
@@ -398,7 +417,6 @@ async fn killed_worker_run_is_recovered() -> anyhow::Result<()> {
     .await;
     assert_eq!(started, 1);
     child.kill()?;
-    child.wait()?;
 
     let worker = Worker::new(db.pool.clone())
         .lease(CHILD_LEASE)
@@ -487,6 +505,50 @@ async fn shutdown_without_grace_cancels_handler() -> anyhow::Result<()> {
         output_of(&client, "drain", handle.id()).await?,
         json!("only")
     );
+    next.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_expiry_cancels_handler() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let gate = CancellationToken::new();
+    let events = Log::new();
+    let grace = Duration::from_millis(300);
+    let worker = Worker::new(db.pool.clone())
+        .shutdown_timeout(grace)
+        .task(gated("drain", &gate, &events).max_retries(2));
+    let worker = start(&db, worker).await;
+
+    let handle = client
+        .run_task("drain", &"slow", RunTaskOpts::default())
+        .await?;
+    wait_for_len(&events, 1).await;
+    let stopping = Instant::now();
+    worker.shutdown.cancel();
+    tokio::time::timeout(DEADLINE, worker.handle).await???;
+    let stopped_after = stopping.elapsed();
+
+    assert_eq!(events.snapshot(), ["slow started", "slow stopped"]);
+    assert!(
+        stopped_after >= grace,
+        "start returned {stopped_after:?} after the shutdown signal, within the grace period"
+    );
+    let run = handle.get().await?;
+    assert_eq!(
+        run.status,
+        RunStatus::Queued,
+        "the interrupted run is given back"
+    );
+    assert_eq!(run.attempts, 0);
+
+    let next = start(&db, Worker::new(db.pool.clone()).task(echo("drain"))).await;
+    assert_eq!(
+        output_of(&client, "drain", handle.id()).await?,
+        json!("slow")
+    );
+    assert_eq!(handle.get().await?.attempts, 1);
     next.stop().await;
     Ok(())
 }
