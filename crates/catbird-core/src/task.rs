@@ -43,7 +43,8 @@ pub struct Task {
     pub retention_period: Option<Duration>,
     /// Whether workers run an on-fail handler for this task. Workers set it
     /// when they register the task; only then do failed runs queue on-fail
-    /// work.
+    /// work. `false` leaves the stored flag as it is, so a process that only
+    /// enqueues never turns off a worker's on-fail handling.
     pub has_on_fail: bool,
 }
 
@@ -504,11 +505,13 @@ fn millis_i64(duration: Duration) -> i64 {
 }
 
 /// Creates a task definition, or replaces the description, condition and
-/// retention period of an existing one. Its runs are kept.
+/// retention period of an existing one. Its runs are kept, and so is its
+/// on-fail flag unless `task.has_on_fail` sets it.
 pub async fn create_task(executor: &impl Executor, task: &Task) -> Result<(), Error> {
     task.validate()?;
     let retention = task.retention_period.map(millis_i64);
-    let has_on_fail = task.has_on_fail;
+    // NULL keeps the stored flag (see `cb_create_task`).
+    let has_on_fail = task.has_on_fail.then_some(true);
     executor
         .query_rows(
             sql::CREATE_TASK,

@@ -309,7 +309,7 @@ impl TaskHandler {
         }
         self.definition
             .validate()
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| definition_problem(&error))?;
         self.opts
             .validate()
             .map_err(|message| format!("task \"{name}\" has invalid handler options: {message}"))?;
@@ -319,6 +319,16 @@ impl TaskHandler {
             })?;
         }
         Ok(())
+    }
+}
+
+/// The message of an invalid definition without its `catbird: ` prefix,
+/// which [`crate::WorkerError`] adds when it is displayed.
+pub(crate) fn definition_problem(error: &Error) -> String {
+    let message = error.to_string();
+    match message.strip_prefix("catbird: ") {
+        Some(problem) => problem.to_owned(),
+        None => message,
     }
 }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::backoff::{BackoffStrategy, FullJitter};
 use crate::retry::with_retries;
-use crate::task::{IntoTaskHandler, TaskHandler};
+use crate::task::{IntoTaskHandler, TaskHandler, definition_problem};
 use crate::task_loop;
 use crate::wake::{self, Registry};
 
@@ -206,7 +206,9 @@ impl Worker {
             }
         }
         for definition in &self.definitions {
-            definition.validate()?;
+            definition
+                .validate()
+                .map_err(|error| WorkerError::InvalidConfiguration(definition_problem(&error)))?;
         }
         if self.lease < Duration::from_millis(10) {
             return Err(WorkerError::InvalidConfiguration(format!(
