@@ -22,7 +22,8 @@
 //! #[tokio::main]
 //! async fn main() -> anyhow::Result<()> {
 //!     let pool = catbird::pool_from_url("postgres://postgres@127.0.0.1/app", 8)?;
-//!     catbird::schema::migrate_up(&mut pool.get().await?).await?;
+//!     let mut connection = pool.get().await?;
+//!     catbird::schema::migrate_up(&mut connection).await?;
 //!
 //!     let client = Client::new(pool.clone());
 //!     client.create_queue("emails", CreateQueueOpts::default()).await?;
