@@ -6,3 +6,4 @@ mod queue_concurrency;
 mod queue_reader;
 mod queues;
 mod sql_api;
+mod task_macro;
