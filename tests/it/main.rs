@@ -10,6 +10,7 @@ mod queue_wakeups;
 mod queues;
 mod sql_api;
 mod task_cancel;
+mod task_macro;
 mod task_on_fail;
 mod task_retries;
 mod task_sql_api;
