@@ -21,29 +21,45 @@ struct Email {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("CB_CONN").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = std::env::var("CB_CONN")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let pool = catbird::pool_from_url(&url, 4)?;
 
     // 1. Apply the schema: one transaction per version, safe to repeat.
-    let mut connection = pool.get().await.context("connect to PostgreSQL (is CB_CONN right?)")?;
+    let mut connection = pool
+        .get()
+        .await
+        .context("connect to PostgreSQL (is CB_CONN right?)")?;
     let applied = catbird::schema::migrate_up(&mut connection).await?;
     drop(connection);
-    println!("schema: at version {} (applied now: {applied:?})", catbird::schema::SCHEMA_VERSION);
+    println!(
+        "schema: at version {} (applied now: {applied:?})",
+        catbird::schema::SCHEMA_VERSION
+    );
 
     // 2. A queue. Creating it again is a no-op; start from an empty one.
     let client = Client::new(pool.clone());
     client.delete_queue("quickstart_emails").await?;
     client
-        .create_queue("quickstart_emails", CreateQueueOpts::default().description("outgoing emails"))
+        .create_queue(
+            "quickstart_emails",
+            CreateQueueOpts::default().description("outgoing emails"),
+        )
         .await?;
     println!("queue: created quickstart_emails");
 
     // 3. Send: two ordinary messages, an urgent one, and one delayed by 1.5 s.
-    let email = |to: &str, subject: &str| Email { to: to.into(), subject: subject.into() };
+    let email = |to: &str, subject: &str| Email {
+        to: to.into(),
+        subject: subject.into(),
+    };
     client
         .send_many(
             "quickstart_emails",
-            &[email("ada@example.com", "welcome"), email("bob@example.com", "welcome")],
+            &[
+                email("ada@example.com", "welcome"),
+                email("bob@example.com", "welcome"),
+            ],
             SendManyOpts::default(),
         )
         .await?;
@@ -66,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. Read: highest priority first, then oldest first; the delayed one is
     // not visible yet. Deleting a message acknowledges it.
-    let messages = client.read("quickstart_emails", 10, Duration::from_secs(30)).await?;
+    let messages = client
+        .read("quickstart_emails", 10, Duration::from_secs(30))
+        .await?;
     for message in &messages {
         let email: Email = message.body_as()?;
         println!(
@@ -87,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
             let handled = handled.clone();
             async move {
                 let email: Email = message.body_as()?;
-                println!("reader: #{} to {} {:?}, acknowledged", message.id, email.to, email.subject);
+                println!(
+                    "reader: #{} to {} {:?}, acknowledged",
+                    message.id, email.to, email.subject
+                );
                 handled.fetch_add(1, Ordering::SeqCst);
                 shutdown.cancel();
                 Ok::<(), anyhow::Error>(())
@@ -99,7 +120,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("the reader did not receive the delayed message within 10 s")??;
 
-    let left = client.read("quickstart_emails", 10, Duration::from_secs(1)).await?;
+    let left = client
+        .read("quickstart_emails", 10, Duration::from_secs(1))
+        .await?;
     println!(
         "done: {} read directly, {} by the reader, {} left in the queue",
         messages.len(),
