@@ -41,6 +41,12 @@ pub enum Error {
     #[error("catbird: {0}")]
     InvalidArgument(String),
 
+    /// A task or step condition does not parse, or its JSON form is invalid,
+    /// as found by the Rust parser. The SQL parser raises the same message
+    /// with SQLSTATE CB002, which arrives as [`Error::InvalidArgument`].
+    #[error("catbird: {0}")]
+    InvalidCondition(#[from] crate::condition::ConditionError),
+
     /// A payload cannot be stored: it contains the NUL character, which
     /// PostgreSQL's jsonb cannot hold, or it exceeds the maximum size.
     #[error("catbird: invalid {what}: {reason}")]
@@ -199,7 +205,10 @@ impl Error {
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::InvalidPayload { .. }
+            Error::InvalidName { .. }
+                | Error::InvalidArgument(_)
+                | Error::InvalidCondition(_)
+                | Error::InvalidPayload { .. }
         )
     }
 

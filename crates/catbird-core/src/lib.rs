@@ -41,6 +41,7 @@
 //! ```
 
 mod client;
+pub mod condition;
 mod error;
 mod executor;
 pub mod flow;
@@ -56,6 +57,7 @@ pub mod task;
 pub mod workers;
 
 pub use client::Client;
+pub use condition::{Condition, ConditionError, Operator};
 pub use error::{
     Error, NO_OUTPUT_CANDIDATE, NameRule, SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED,
     SQLSTATE_NOT_FOUND,

@@ -69,6 +69,10 @@ pub const RUN_TASKS: &str = "SELECT * FROM cb_run_task(name => $1, inputs => $2,
 /// `cb_get_task_run`.
 pub const GET_TASK_RUN: &str = "SELECT * FROM cb_get_task_run(name => $1, id => $2)";
 
+/// The status of one run, read by a worker before it starts a run that
+/// waited for an execution slot.
+pub const TASK_RUN_STATUS: &str = "SELECT status FROM cb_get_task_run(name => $1, id => $2)";
+
 /// `cb_list_task_runs`.
 pub const LIST_TASK_RUNS: &str = "SELECT * FROM cb_list_task_runs(name => $1, quantity => $2)";
 
@@ -240,6 +244,7 @@ pub const ALL: &[&str] = &[
     RUN_TASK,
     RUN_TASKS,
     GET_TASK_RUN,
+    TASK_RUN_STATUS,
     LIST_TASK_RUNS,
     CANCEL_TASK,
     CLAIM_TASKS,

@@ -43,7 +43,8 @@ pub struct Task {
     pub retention_period: Option<Duration>,
     /// Whether workers run an on-fail handler for this task. Workers set it
     /// when they register the task; only then do failed runs queue on-fail
-    /// work.
+    /// work. `false` leaves the stored flag as it is, so a process that only
+    /// enqueues never turns off a worker's on-fail handling.
     pub has_on_fail: bool,
 }
 
@@ -77,7 +78,15 @@ impl Task {
     /// Checks the name and condition without touching the database.
     pub fn validate(&self) -> Result<(), Error> {
         validate_task_name(&self.name)?;
-        // CONDITION-CHECK
+        if let Some(condition) = self.condition.as_deref().filter(|c| !c.trim().is_empty()) {
+            let parsed = crate::condition::Condition::parse(condition)?;
+            if parsed.root() != "input" {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid condition \"{condition}\" of task \"{}\": a task condition can only read input.*",
+                    self.name
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -492,11 +501,13 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 }
 
 /// Creates a task definition, or replaces the description, condition and
-/// retention period of an existing one. Its runs are kept.
+/// retention period of an existing one. Its runs are kept, and so is its
+/// on-fail flag unless `task.has_on_fail` sets it.
 pub async fn create_task(executor: &impl Executor, task: &Task) -> Result<(), Error> {
     task.validate()?;
     let retention = task.retention_period.map(crate::gc::millis_at_least_one);
-    let has_on_fail = task.has_on_fail;
+    // NULL keeps the stored flag (see `cb_create_task`).
+    let has_on_fail = task.has_on_fail.then_some(true);
     executor
         .query_rows(
             sql::CREATE_TASK,

@@ -81,6 +81,13 @@ pub(crate) const ON_FAIL_BACKOFF: (Duration, Duration) =
     (Duration::from_millis(250), Duration::from_secs(5));
 
 impl HandlerOpts {
+    /// The options of an on-fail handler that configures none: the defaults,
+    /// with backoff from 250 ms to 5 s. Start from these to change some
+    /// on-fail options and keep the others.
+    pub fn on_fail_default() -> Self {
+        HandlerOpts::default().backoff(ON_FAIL_BACKOFF.0, ON_FAIL_BACKOFF.1)
+    }
+
     /// Sets the maximum number of simultaneous executions.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
@@ -187,6 +194,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         HandlerOpts::default().validate().unwrap();
+    }
+
+    #[test]
+    fn on_fail_default_backs_off_longer() {
+        let opts = HandlerOpts::on_fail_default();
+        assert_eq!(opts.backoff_min, Duration::from_millis(250));
+        assert_eq!(opts.backoff_max, Duration::from_secs(5));
+        assert_eq!(opts.max_retries, HandlerOpts::default().max_retries);
+        opts.validate().unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::options::{HandlerOpts, ON_FAIL_BACKOFF};
+use crate::options::HandlerOpts;
 
 /// What a running task handler can reach: its run, a database pool for its
 /// own transactions, and its cancellation token.
@@ -272,7 +272,7 @@ impl TaskHandler {
 
     /// Adds an on-fail handler, called with the run's input and a
     /// [`TaskFailure`] after a run failed for good. It has its own options;
-    /// without configured backoff it retries after 250 ms to 5 s.
+    /// `None` gives [`HandlerOpts::on_fail_default`].
     pub fn on_fail<I, E, F, Fut>(mut self, function: F, opts: Option<HandlerOpts>) -> Self
     where
         I: DeserializeOwned + Send + 'static,
@@ -293,9 +293,7 @@ impl TaskHandler {
                 function(input, failure).await.map_err(Into::into)
             })
         });
-        let opts = opts.unwrap_or_else(|| {
-            HandlerOpts::default().backoff(ON_FAIL_BACKOFF.0, ON_FAIL_BACKOFF.1)
-        });
+        let opts = opts.unwrap_or_else(HandlerOpts::on_fail_default);
         self.on_fail = Some(OnFail { call, opts });
         self.definition.has_on_fail = true;
         self
@@ -309,7 +307,7 @@ impl TaskHandler {
         }
         self.definition
             .validate()
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| definition_problem(&error))?;
         self.opts
             .validate()
             .map_err(|message| format!("task \"{name}\" has invalid handler options: {message}"))?;
@@ -322,8 +320,23 @@ impl TaskHandler {
     }
 }
 
+/// The message of an invalid definition without its `catbird: ` prefix,
+/// which [`crate::WorkerError`] adds when it is displayed.
+pub(crate) fn definition_problem(error: &Error) -> String {
+    let message = error.to_string();
+    match message.strip_prefix("catbird: ") {
+        Some(problem) => problem.to_owned(),
+        None => message,
+    }
+}
+
 /// Converts into a [`TaskHandler`]. `#[catbird::task]` implements it for the
 /// type it generates, so `Worker::task(send_email)` works.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task handler",
+    label = "expected a task handler",
+    note = "pass a `TaskHandler`, or an `async fn` annotated with `#[catbird::task]`"
+)]
 pub trait IntoTaskHandler {
     /// The handler.
     fn into_task_handler(self) -> TaskHandler;

@@ -50,6 +50,9 @@ struct ClaimedRun {
     input: Value,
     headers: Option<Map<String, Value>>,
     attempt: i32,
+    /// Whether the run waited for an execution slot after its claim, so it
+    /// may have been canceled in the meantime.
+    waited: bool,
 }
 
 /// Starts the loops of `handler`: one for runs, one for on-fail work when
@@ -155,6 +158,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         _ => None,
                     },
                     attempt: row.get("attempts"),
+                    waited: false,
                 }
             })
             .collect();
@@ -165,11 +169,17 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
 
         let mut permit = Some(permit);
         let mut pending = runs.into_iter();
-        while let Some(run) = pending.next() {
-            let permit = match permit.take() {
+        while let Some(mut run) = pending.next() {
+            let free = permit
+                .take()
+                .or_else(|| semaphore.clone().try_acquire_owned().ok());
+            let permit = match free {
                 Some(permit) => permit,
                 None => tokio::select! {
-                    permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    permit = semaphore.clone().acquire_owned() => {
+                        run.waited = true;
+                        permit.expect("the semaphore is never closed")
+                    }
                     () = shared.shutdown.cancelled() => {
                         let unstarted: Vec<ClaimedRun> = std::iter::once(run).chain(pending).collect();
                         release_unstarted(&shared, &handler.name, unstarted).await;
@@ -244,6 +254,11 @@ async fn attempt_run(
     run: ClaimedRun,
     token: CancellationToken,
 ) -> Outcome {
+    if run.waited && canceled_while_waiting(shared, handler, run.id).await {
+        tracing::debug!(task = %handler.name, task.run_id = run.id, "run was canceled before it started");
+        return Outcome::Canceled;
+    }
+
     if let Some(breaker) = &handler.breaker {
         if let Err(retry_after) = breaker.acquire() {
             let delay = i32::try_from(retry_after.as_millis().max(1)).unwrap_or(i32::MAX);
@@ -286,6 +301,25 @@ async fn attempt_run(
         )),
         Supervised::Canceled => Outcome::Canceled,
         Supervised::Interrupted => Outcome::Interrupted,
+    }
+}
+
+/// Checks whether a run that waited for an execution slot is still
+/// started. A failed check counts as "not canceled": the attempt then runs,
+/// and its result is discarded if the run was canceled after all.
+async fn canceled_while_waiting(shared: &Shared, handler: &RunHandler, id: i64) -> bool {
+    match shared
+        .pool
+        .query_opt_row(sql::TASK_RUN_STATUS, &[&&*handler.name, &id])
+        .await
+    {
+        Ok(Some(row)) => row.get::<_, String>(0) != "started",
+        Ok(None) => true,
+        Err(error) => {
+            tracing::warn!(task = %handler.name, task.run_id = id, %error,
+                "could not check whether a waiting run was canceled; starting it");
+            false
+        }
     }
 }
 
@@ -332,7 +366,7 @@ pub(crate) async fn supervise<T: Send + 'static>(
             }
             () = sleep_until_opt(deadline) => {
                 token.cancel();
-                handle.abort();
+                stop_handler(handle).await;
                 return Supervised::TimedOut;
             }
             () = token.cancelled(), if !token_seen => {
@@ -342,11 +376,22 @@ pub(crate) async fn supervise<T: Send + 'static>(
                 }
             }
             () = sleep_until_opt(abort_at) => {
-                handle.abort();
+                stop_handler(handle).await;
                 return Supervised::Interrupted;
             }
         }
     }
+}
+
+/// Aborts a handler task and waits until its future has been dropped, so
+/// the attempt has really stopped (its destructors have run) before the run
+/// is failed or given back and another attempt can start.
+async fn stop_handler<T>(handle: tokio::task::JoinHandle<T>) {
+    handle.abort();
+    // The join result is the cancellation, or the value if the handler
+    // finished just before the abort; the attempt's outcome is already
+    // decided either way.
+    let _ = handle.await;
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::backoff::{BackoffStrategy, FullJitter};
 use crate::flow::Flow;
 use crate::retry::with_retries;
-use crate::task::{IntoTaskHandler, TaskHandler};
+use crate::task::{IntoTaskHandler, TaskHandler, definition_problem};
 use crate::wake::{self, Registry};
 use crate::{flow_loop, task_loop};
 
@@ -240,7 +240,9 @@ impl Worker {
             }
         }
         for definition in &self.definitions {
-            definition.validate()?;
+            definition
+                .validate()
+                .map_err(|error| WorkerError::InvalidConfiguration(definition_problem(&error)))?;
         }
         let mut flow_names = HashSet::new();
         for flow in &self.flows {

@@ -629,7 +629,9 @@ pub async fn create_flow(executor: &impl Executor, flow: &FlowDef) -> Result<(),
     flow.validate()?;
     let steps = JsonText::encode("flow steps", &flow.steps_json())?;
     let retention = flow.retention_period.map(crate::gc::millis_at_least_one);
-    let has_on_fail = flow.has_on_fail;
+    // NULL keeps the stored flag: a process without the on-fail handler
+    // must not switch off the one a worker registered.
+    let has_on_fail = flow.has_on_fail.then_some(true);
     executor
         .query_rows(
             sql::CREATE_FLOW,

@@ -1,0 +1,14 @@
+//! Compile tests of the macros. Every `fail` case is one mistake, named
+//! after it, with the compiler's output pinned in its `.stderr` file. Every
+//! `pass` case compiles a representative use under `#![deny(warnings)]`.
+//!
+//! Regenerate the snapshots with `TRYBUILD=overwrite cargo test -p
+//! catbird-macros --test ui`, then read every changed one: the messages are
+//! part of the interface.
+
+#[test]
+fn ui() {
+    let cases = trybuild::TestCases::new();
+    cases.pass("tests/ui/pass/*.rs");
+    cases.compile_fail("tests/ui/fail/*.rs");
+}

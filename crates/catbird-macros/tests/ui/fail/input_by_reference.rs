@@ -1,0 +1,7 @@
+#[catbird::task]
+async fn send_email(to: &str) -> anyhow::Result<()> {
+    let _ = to;
+    Ok(())
+}
+
+fn main() {}

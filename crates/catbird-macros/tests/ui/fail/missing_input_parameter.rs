@@ -1,0 +1,6 @@
+#[catbird::task]
+async fn clean_up() -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn main() {}

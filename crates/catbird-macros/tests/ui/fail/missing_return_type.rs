@@ -1,0 +1,6 @@
+#[catbird::task]
+async fn send_email(to: String) {
+    let _ = to;
+}
+
+fn main() {}

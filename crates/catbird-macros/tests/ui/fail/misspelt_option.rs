@@ -1,0 +1,7 @@
+#[catbird::task(concurency = 5, retries = 3)]
+async fn send_email(to: String) -> anyhow::Result<()> {
+    let _ = to;
+    Ok(())
+}
+
+fn main() {}

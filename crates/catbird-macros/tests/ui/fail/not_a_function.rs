@@ -1,0 +1,6 @@
+#[catbird::task]
+struct SendEmail {
+    to: String,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[catbird::task(concurrency = 0)]
+async fn send_email(to: String) -> anyhow::Result<()> {
+    let _ = to;
+    Ok(())
+}
+
+fn main() {}

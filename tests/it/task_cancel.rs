@@ -1,0 +1,307 @@
+//! Cancelling task runs: queued, claimed, running and finished runs, and
+//! cancellation from inside a handler.
+
+use std::time::{Duration, Instant};
+
+use catbird_core::task::{RunStatus, RunTaskOpts, Task};
+use catbird_core::{Client, Error};
+use catbird_tests::TestDb;
+use catbird_worker::{TaskContext, TaskHandler, Worker};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::task_support::{Log, output_of, start, wait_for_len, wait_status};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_queued_run_never_runs() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client.create_task(&Task::define("job")).await?;
+    let queued = client
+        .run_task("job", &"queued", RunTaskOpts::default())
+        .await?;
+
+    assert!(queued.cancel(Some("duplicate order")).await?);
+    let run = queued.get().await?;
+    assert_eq!(run.status, RunStatus::Canceled);
+    assert_eq!(run.cancel_reason.as_deref(), Some("duplicate order"));
+    assert_eq!(run.attempts, 0);
+    let canceled_at = run.canceled_at.expect("a canceled run has canceled_at");
+    let requested_at = run
+        .cancel_requested_at
+        .expect("a canceled run has cancel_requested_at");
+    assert!(run.created_at <= requested_at, "{run:?}");
+    assert!(requested_at <= canceled_at, "{run:?}");
+    assert_eq!(run.completed_at, None);
+    assert_eq!(run.failed_at, None);
+
+    let seen = Log::new();
+    let handler = {
+        let seen = seen.clone();
+        TaskHandler::new("job", move |label: String, _ctx: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                seen.push(label);
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+    };
+    let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
+    let other = client
+        .run_task("job", &"other", RunTaskOpts::default())
+        .await?;
+    wait_status(&client, "job", other.id(), RunStatus::Completed).await;
+
+    assert_eq!(seen.snapshot(), ["other"]);
+    let error = output_of(&client, "job", queued.id()).await.unwrap_err();
+    assert!(
+        matches!(error, Error::RunCanceled(Some(ref reason)) if reason == "duplicate order"),
+        "{error}"
+    );
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_started_run_fires_token() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let events: Log<(String, Instant)> = Log::new();
+    let handler = {
+        let events = events.clone();
+        TaskHandler::new("long", move |label: String, ctx: TaskContext| {
+            let events = events.clone();
+            async move {
+                events.push((format!("{label} started"), Instant::now()));
+                if label == "wait" {
+                    ctx.cancelled().await;
+                    events.push(("token fired".to_owned(), Instant::now()));
+                }
+                Ok::<_, anyhow::Error>(format!("{label} result"))
+            }
+        })
+        .concurrency(1)
+    };
+    let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
+
+    let waiting = client
+        .run_task("long", &"wait", RunTaskOpts::default())
+        .await?;
+    wait_status(&client, "long", waiting.id(), RunStatus::Started).await;
+    wait_for_len(&events, 1).await;
+    let canceled_at = Instant::now();
+    assert!(waiting.cancel(Some("operator stop")).await?);
+    wait_for_len(&events, 2).await;
+    let fired_after = events.snapshot()[1].1 - canceled_at;
+    assert!(
+        fired_after < Duration::from_secs(2),
+        "the handler's token fired {fired_after:?} after the cancel"
+    );
+
+    // The single execution slot is free again only after the worker has
+    // dealt with the canceled attempt's result.
+    let next = client
+        .run_task("long", &"next", RunTaskOpts::default())
+        .await?;
+    assert_eq!(
+        output_of(&client, "long", next.id()).await?,
+        json!("next result")
+    );
+
+    let run = waiting.get().await?;
+    assert_eq!(run.status, RunStatus::Canceled);
+    assert_eq!(run.output, None);
+    assert_eq!(run.completed_at, None);
+    assert_eq!(run.attempts, 1);
+    assert_eq!(run.cancel_reason.as_deref(), Some("operator stop"));
+    let labels: Vec<String> = events
+        .snapshot()
+        .into_iter()
+        .map(|(label, _)| label)
+        .collect();
+    assert_eq!(labels, ["wait started", "token fired", "next started"]);
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client.create_task(&Task::define("batch")).await?;
+    let blocker = client
+        .run_task("batch", &"blocker", RunTaskOpts::default())
+        .await?;
+    let victim = client
+        .run_task("batch", &"victim", RunTaskOpts::default())
+        .await?;
+    let gate = CancellationToken::new();
+    let seen = Log::new();
+    let handler = {
+        let gate = gate.clone();
+        let seen = seen.clone();
+        TaskHandler::new("batch", move |label: String, _ctx: TaskContext| {
+            let gate = gate.clone();
+            let seen = seen.clone();
+            async move {
+                seen.push(label.clone());
+                if label == "blocker" {
+                    gate.cancelled().await;
+                }
+                Ok::<_, anyhow::Error>(label)
+            }
+        })
+        .concurrency(1)
+        .batch_size(10)
+    };
+    let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
+
+    wait_for_len(&seen, 1).await;
+    let claimed = victim.get().await?;
+    assert_eq!(
+        claimed.status,
+        RunStatus::Started,
+        "the second run is claimed with the first and waits for the slot"
+    );
+    assert!(victim.cancel(Some("not needed")).await?);
+    gate.cancel();
+    wait_status(&client, "batch", blocker.id(), RunStatus::Completed).await;
+    let after = client
+        .run_task("batch", &"after", RunTaskOpts::default())
+        .await?;
+    wait_status(&client, "batch", after.id(), RunStatus::Completed).await;
+
+    assert_eq!(seen.snapshot(), ["blocker", "after"]);
+    assert_eq!(victim.get().await?.status, RunStatus::Canceled);
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_finished_run_changes_nothing() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let handler = TaskHandler::new("finish", |fail: bool, _ctx: TaskContext| async move {
+        if fail {
+            anyhow::bail!("failed on purpose");
+        }
+        Ok("done")
+    })
+    .max_retries(0);
+    let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
+
+    let completed = client
+        .run_task("finish", &false, RunTaskOpts::default())
+        .await?;
+    let failed = client
+        .run_task("finish", &true, RunTaskOpts::default())
+        .await?;
+    wait_status(&client, "finish", completed.id(), RunStatus::Completed).await;
+    wait_status(&client, "finish", failed.id(), RunStatus::Failed).await;
+
+    for handle in [&completed, &failed] {
+        let before = handle.get().await?;
+        assert!(handle.cancel(Some("too late")).await?, "run {}", before.id);
+        assert_eq!(handle.get().await?, before, "run {}", before.id);
+    }
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_unknown_run_returns_false() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client.create_task(&Task::define("job")).await?;
+
+    assert!(!client.cancel_task_run("job", 999_999, None).await?);
+    let error = client
+        .cancel_task_run("missing", 1, None)
+        .await
+        .unwrap_err();
+    assert!(error.is_not_defined(), "{error}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_cancel_keeps_first_reason() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client.create_task(&Task::define("job")).await?;
+    let handle = client.run_task("job", &1, RunTaskOpts::default()).await?;
+
+    assert!(handle.cancel(Some("first")).await?);
+    let first = handle.get().await?;
+    assert!(handle.cancel(Some("second")).await?);
+    let second = handle.get().await?;
+
+    assert_eq!(second.cancel_reason.as_deref(), Some("first"));
+    assert_eq!(second.canceled_at, first.canceled_at);
+    assert_eq!(second, first);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceled_run_frees_its_key() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client.create_task(&Task::define("job")).await?;
+    let keyed = || RunTaskOpts::default().concurrency_key("only-one");
+
+    let first = client.run_task("job", &1, keyed()).await?;
+    assert!(first.cancel(None).await?);
+    let second = client.run_task("job", &2, keyed()).await?;
+
+    assert_ne!(second.id(), first.id());
+    assert_eq!(second.get().await?.status, RunStatus::Queued);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_from_handler_gives_reason() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let seen: Log<(Value, bool)> = Log::new();
+    let handler = {
+        let seen = seen.clone();
+        TaskHandler::new("selfstop", move |input: Value, ctx: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                if input == json!("stop") {
+                    catbird_worker::cancel(&ctx, "input was stale").await?;
+                }
+                seen.push((input, ctx.is_cancelled()));
+                Ok::<_, anyhow::Error>("returned anyway")
+            }
+        })
+        .concurrency(1)
+    };
+    let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
+
+    let stopped = client
+        .run_task("selfstop", &"stop", RunTaskOpts::default())
+        .await?;
+    let error = output_of(&client, "selfstop", stopped.id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::RunCanceled(Some(ref reason)) if reason == "input was stale"),
+        "{error}"
+    );
+    let next = client
+        .run_task("selfstop", &"next", RunTaskOpts::default())
+        .await?;
+    wait_status(&client, "selfstop", next.id(), RunStatus::Completed).await;
+
+    let run = stopped.get().await?;
+    assert_eq!(run.status, RunStatus::Canceled);
+    assert_eq!(run.output, None);
+    assert_eq!(run.attempts, 1);
+    assert_eq!(
+        seen.snapshot(),
+        [(json!("stop"), true), (json!("next"), false)],
+        "the token fired inside the canceling handler, and the run was not retried"
+    );
+    worker.stop().await;
+    Ok(())
+}
