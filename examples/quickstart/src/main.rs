@@ -12,8 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use catbird::flow::{RunFlowOpts, StepDef};
 use catbird::queue::{CreateQueueOpts, Message, Reader, SendManyOpts, SendOpts};
-use catbird::task::RunTaskOpts;
-use catbird::worker::{Flow, StepArgs, StepContext, StepHandler, TaskContext, TaskHandler, Worker};
+use catbird::worker::{Flow, StepArgs, StepContext, StepHandler, Worker};
 use catbird::{CancellationToken, Client};
 use serde::{Deserialize, Serialize};
 
@@ -143,21 +142,18 @@ struct Receipt {
     words: usize,
 }
 
+/// Counts the words of an email subject.
+#[catbird::task(max_retries = 3, timeout = "10s")]
+async fn count_words(email: Email) -> anyhow::Result<Receipt> {
+    let words = email.subject.split_whitespace().count();
+    Ok(Receipt {
+        to: email.to,
+        words,
+    })
+}
+
 /// 6. A task and a two-step flow, executed by a worker in this process.
 async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> anyhow::Result<()> {
-    let count_words = TaskHandler::new(
-        "quickstart_count_words",
-        |email: Email, _ctx: TaskContext| async move {
-            let words = email.subject.split_whitespace().count();
-            Ok::<_, anyhow::Error>(Receipt {
-                to: email.to,
-                words,
-            })
-        },
-    )
-    .description("counts the words of an email subject")
-    .max_retries(3);
-
     let double = StepHandler::new(
         StepDef::new("double"),
         |args: StepArgs, _ctx: StepContext| async move {
@@ -186,10 +182,7 @@ async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> a
     };
     // The worker creates the definitions as it starts; wait until it has.
     let run = loop {
-        match client
-            .run_task("quickstart_count_words", &email, RunTaskOpts::default())
-            .await
-        {
+        match count_words::run(&client, &email).await {
             Ok(run) => break run,
             Err(error) if error.is_not_defined() => {
                 tokio::time::sleep(Duration::from_millis(20)).await
@@ -197,8 +190,8 @@ async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> a
             Err(error) => return Err(error.into()),
         }
     };
-    let receipt: Receipt =
-        tokio::time::timeout(Duration::from_secs(10), run.clone().typed().wait_for_output()).await??;
+    // The generated helper knows the output type: no annotation needed.
+    let receipt = tokio::time::timeout(Duration::from_secs(10), run.wait_for_output()).await??;
     println!(
         "task: run #{} counted {} words for {}",
         run.id(),
