@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::options::{HandlerOpts, ON_FAIL_BACKOFF};
 use crate::task::HandlerResult;
 
-/// What a step handler receives: the flow input, the signal input when the
+/// The arguments of a step handler: the flow input, the signal input when the
 /// step waits for one, and the outputs of its completed dependencies.
 #[derive(Debug, Clone)]
 pub struct StepArgs {
@@ -74,7 +74,7 @@ fn decode_error(what: &str, step: &str, error: serde_json::Error) -> Error {
     Error::InvalidArgument(format!("step \"{step}\" could not decode {what}: {error}"))
 }
 
-/// What a running step handler can reach: its run, a pool for its own
+/// The context of a running step handler: its run, a pool for its own
 /// transactions, its cancellation token, and the flow-level helpers.
 #[derive(Clone)]
 pub struct StepContext {
@@ -336,7 +336,7 @@ impl IntoStepHandler for StepDef {
     }
 }
 
-/// What a flow on-fail handler learns about the run that failed.
+/// The failure a flow on-fail handler receives: the run that failed and why.
 #[derive(Clone)]
 pub struct FlowFailure {
     /// The flow's name.
@@ -346,7 +346,7 @@ pub struct FlowFailure {
     /// The step whose failure failed the run; empty when the run failed
     /// because no step of its output priority completed.
     pub failed_step_name: String,
-    /// Why the run failed.
+    /// The error that failed the run.
     pub error_message: String,
     /// The failed step's attempts.
     pub attempts: i32,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::backoff::{BackoffStrategy, FullJitter};
 use crate::breaker::{CircuitBreaker, CircuitBreakerStrategy};
 
-/// How a worker runs one handler.
+/// The options a worker runs one handler with.
 ///
 /// The defaults: concurrency 4, batch size 64, timeout 30 s, 2 retries,
 /// full-jitter backoff from 100 ms to 2 s, no circuit breaker.
@@ -26,7 +26,7 @@ pub struct HandlerOpts {
     pub max_retries: u32,
     /// The shortest backoff cap (the cap of the first retry).
     pub backoff_min: Duration,
-    /// The longest backoff cap; zero disables backoff (1 ms delays).
+    /// The maximum backoff cap; zero disables backoff (1 ms delays).
     pub backoff_max: Duration,
     /// A custom backoff, used instead of full jitter between
     /// `backoff_min` and `backoff_max`.
@@ -137,7 +137,7 @@ impl HandlerOpts {
         self
     }
 
-    /// Checks the options; the message says which option and why.
+    /// Checks the options. The error message names the option and the rule.
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 {
             return Err("concurrency must be greater than zero".to_owned());

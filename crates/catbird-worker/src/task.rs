@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::options::HandlerOpts;
 
-/// What a running task handler can reach: its run, a database pool for its
+/// The context of a running task handler: its run, a database pool for its
 /// own transactions, and its cancellation token.
 #[derive(Clone)]
 pub struct TaskContext {
