@@ -137,6 +137,42 @@ pub(crate) async fn unfinished_steps(client: &Client, flow: &str, id: i64) -> Ve
         .collect()
 }
 
+/// The on-fail columns of a run: status, attempts and last error.
+pub(crate) async fn on_fail_state(
+    db: &TestDb,
+    flow: &str,
+    id: i64,
+) -> (Option<String>, i32, Option<String>) {
+    let client = db.pool.get().await.expect("take a pooled connection");
+    let row = client
+        .query_one(
+            "SELECT on_fail_status, on_fail_attempts, on_fail_error FROM cb_get_flow_run($1, $2)",
+            &[&flow, &id],
+        )
+        .await
+        .expect("read the on-fail state");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Waits until the on-fail work of a run has `status` and returns the
+/// on-fail columns.
+pub(crate) async fn wait_on_fail_status(
+    db: &TestDb,
+    flow: &str,
+    id: i64,
+    status: &str,
+) -> (Option<String>, i32, Option<String>) {
+    wait_for(
+        &format!("on-fail work of run {id} to become {status}"),
+        DEADLINE,
+        || async {
+            let state = on_fail_state(db, flow, id).await;
+            (state.0.as_deref() == Some(status)).then_some(state)
+        },
+    )
+    .await
+}
+
 /// A log of handler events shared between handlers and the test.
 #[derive(Clone, Default)]
 pub(crate) struct Events {
