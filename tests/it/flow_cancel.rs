@@ -1,17 +1,18 @@
 //! Cancellation of flow runs: from the client while steps run, and from a
 //! step handler.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use catbird_core::flow::{FlowDef, RunFlowOpts, StepDef, StepStatus};
 use catbird_core::task::RunStatus;
 use catbird_core::{Client, Error};
-use catbird_tests::TestDb;
-use catbird_worker::{Flow, StepArgs, StepContext, Worker};
+use catbird_tests::{TestDb, wait_for};
+use catbird_worker::{BackoffStrategy, Flow, HandlerOpts, StepArgs, StepContext, Worker};
 use serde_json::json;
 
 use crate::flow_helpers::{
-    Events, output_of, start, step, step_run, unfinished_steps, wait_run_status,
+    DEADLINE, Events, output_of, start, step, step_run, unfinished_steps, wait_run_status,
 };
 
 /// A flow where `work` runs until its token fires (recording "work stopped")
@@ -286,6 +287,102 @@ async fn step_cancels_its_own_run() -> anyhow::Result<()> {
     assert_eq!(check.output, None);
     assert_eq!(ship.status, StepStatus::Canceled);
     assert!(!events.contains("ship started"));
+
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_run_finishes_when_worker_stops() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let events = Events::default();
+    let recorded = events.clone();
+    let stubborn = step(
+        StepDef::new("stubborn"),
+        move |_: StepArgs, _ctx: StepContext| {
+            let events = recorded.clone();
+            async move {
+                events.record("stubborn started");
+                std::future::pending::<()>().await;
+                Ok("never")
+            }
+        },
+    );
+    let flow = Flow::new("stubborn").step(stubborn);
+    client.create_flow(flow.definition()).await?;
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+
+    let run = client
+        .run_flow("stubborn", &json!({}), RunFlowOpts::default())
+        .await?;
+    events.wait_for("stubborn started").await;
+    run.cancel(Some("shutting down")).await?;
+    let canceling = run.get().await?.status;
+    // The worker aborts the handler soon after its grace period, although
+    // the token already fired, and gives the step back. The step must not
+    // stay claimable in a canceling run.
+    tokio::time::timeout(DEADLINE, worker.stop())
+        .await
+        .expect("the worker stops soon after its grace period");
+    let info = wait_run_status(&client, "stubborn", run.id(), RunStatus::Canceled).await;
+    let stubborn = step_run(&client, "stubborn", run.id(), "stubborn").await;
+
+    assert_eq!(canceling, RunStatus::Canceling);
+    assert_eq!(info.cancel_reason.as_deref(), Some("shutting down"));
+    assert_eq!(stubborn.status, StepStatus::Canceled);
+    Ok(())
+}
+
+/// A backoff that always waits the same time.
+struct FixedDelay(Duration);
+
+impl BackoffStrategy for FixedDelay {
+    fn delay(&self, _retry: u32) -> Duration {
+        self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a step waiting for its retry is stored as started, exactly like a running one, \
+            so cancel_flow_run leaves the run canceling until the retry is due, and claims \
+            skip canceling runs, so the run never becomes canceled"]
+async fn cancel_during_retry_backoff_finishes() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let opts = HandlerOpts::default()
+        .max_retries(1)
+        .backoff_strategy(Arc::new(FixedDelay(Duration::from_secs(2))));
+    let flaky = step(
+        StepDef::new("flaky"),
+        |_: StepArgs, _ctx: StepContext| async move {
+            Err::<(), _>(anyhow::anyhow!("temporarily down"))
+        },
+    )
+    .options_with(opts);
+    let flow = Flow::new("backing_off").step(flaky);
+    client.create_flow(flow.definition()).await?;
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+
+    let run = client
+        .run_flow("backing_off", &json!({}), RunFlowOpts::default())
+        .await?;
+    wait_for(
+        "the first attempt to fail",
+        Duration::from_secs(10),
+        || async {
+            let flaky = step_run(&client, "backing_off", run.id(), "flaky").await;
+            flaky.error_message.is_some().then_some(())
+        },
+    )
+    .await;
+    run.cancel(Some("give up")).await?;
+    let info = wait_run_status(&client, "backing_off", run.id(), RunStatus::Canceled).await;
+    let flaky = step_run(&client, "backing_off", run.id(), "flaky").await;
+
+    assert_eq!(info.cancel_reason.as_deref(), Some("give up"));
+    assert_eq!(flaky.status, StepStatus::Canceled);
+    assert_eq!(flaky.attempts, 1);
 
     worker.stop().await;
     Ok(())

@@ -930,3 +930,46 @@ async fn sql_bad_calls_raise_sqlstates() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_release_step_gives_the_claim_back() -> anyhow::Result<()> {
+    let (_db, client) = db_with_orders().await;
+    let running = run_orders(&client, "{}").await;
+    let running_step: i64 = claim(&client, "validate").await[0].get("id");
+    let canceling = run_orders(&client, "{}").await;
+    let canceling_step: i64 = claim(&client, "validate").await[0].get("id");
+    client
+        .batch_execute(&format!(
+            "SELECT cb_cancel_flow(name => 'orders', id => {canceling})"
+        ))
+        .await?;
+    let release = |id: i64, attempt: i32| {
+        format!(
+            "SELECT cb_release_step(flow => 'orders', id => {id}, attempt => {attempt}, delay => 0)"
+        )
+    };
+
+    let wrong_attempt: bool = one(&client, &release(running_step, 2)).await.get(0);
+    let released: bool = one(&client, &release(running_step, 1)).await.get(0);
+    let after = one(
+        &client,
+        &format!("SELECT status, attempts FROM cb_get_flow_step(flow => 'orders', run_id => {running}, step => 'validate')"),
+    )
+    .await;
+    let reclaimed = claim(&client, "validate").await;
+    let released_canceling: bool = one(&client, &release(canceling_step, 1)).await.get(0);
+
+    assert!(!wrong_attempt);
+    assert!(released);
+    assert_eq!(after.get::<_, String>(0), "queued");
+    assert_eq!(after.get::<_, i32>(1), 0);
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].get::<_, i32>("attempts"), 1);
+    assert!(released_canceling);
+    assert_eq!(
+        step_statuses(&client, canceling).await[0],
+        ("validate".to_owned(), "canceled".to_owned())
+    );
+    assert_eq!(run_status(&client, canceling).await, "canceled");
+    Ok(())
+}
