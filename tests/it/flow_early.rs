@@ -61,7 +61,12 @@ async fn early_completion_cancels_running_sibling() -> anyhow::Result<()> {
             }
         },
     );
-    let flow = Flow::new("early").step(decide).step(slow).step(report);
+    // No worker executes "unhandled", so it is still queued at the end.
+    let flow = Flow::new("early")
+        .step(decide)
+        .step(slow)
+        .step(report)
+        .step(StepDef::new("unhandled"));
     client.create_flow(flow.definition()).await?;
     let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
 
@@ -87,6 +92,7 @@ async fn early_completion_cancels_running_sibling() -> anyhow::Result<()> {
     assert_eq!(status_of("decide"), StepStatus::Canceled);
     assert_eq!(status_of("slow"), StepStatus::Canceled);
     assert_eq!(status_of("report"), StepStatus::Canceled);
+    assert_eq!(status_of("unhandled"), StepStatus::Canceled);
     assert!(!events.contains("report started"));
     assert!(steps.iter().all(|s| s.output.is_none()), "{steps:?}");
 

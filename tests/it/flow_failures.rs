@@ -304,3 +304,118 @@ async fn new_run_starts_after_a_failed_one() -> anyhow::Result<()> {
     worker.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_timeout_and_panic_fail_attempts() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let slow = step(
+        StepDef::new("slow"),
+        |_: StepArgs, ctx: StepContext| async move {
+            tokio::select! {
+                () = ctx.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_secs(20)) => {}
+            }
+            Ok("too late")
+        },
+    )
+    .timeout(Duration::from_millis(50));
+    let panicking = step(
+        StepDef::new("panicking"),
+        |args: StepArgs, _ctx: StepContext| async move {
+            let fail: bool = args.input()?;
+            if fail {
+                panic!("handler bug");
+            }
+            Ok("no panic")
+        },
+    );
+    let slow_flow = Flow::new("slow").step(slow);
+    let panicking_flow = Flow::new("panicking").step(panicking);
+    client.create_flow(slow_flow.definition()).await?;
+    client.create_flow(panicking_flow.definition()).await?;
+    let worker = start(
+        &db,
+        Worker::new(db.pool.clone())
+            .flow(slow_flow)
+            .flow(panicking_flow),
+    );
+
+    let slow_run = client
+        .run_flow("slow", &json!({}), RunFlowOpts::default())
+        .await?;
+    let panic_run = client
+        .run_flow("panicking", &true, RunFlowOpts::default())
+        .await?;
+    let slow_error = output_of(&client, &slow_run).await.unwrap_err();
+    let panic_error = output_of(&client, &panic_run).await.unwrap_err();
+    let after_panic = client
+        .run_flow("panicking", &false, RunFlowOpts::default())
+        .await?;
+
+    assert!(
+        matches!(&slow_error, Error::RunFailed(message)
+            if message == "timed out: the handler exceeded its 50ms deadline"),
+        "{slow_error:?}"
+    );
+    assert!(
+        matches!(&panic_error, Error::RunFailed(message) if message == "panic: handler bug"),
+        "{panic_error:?}"
+    );
+    assert_eq!(output_of(&client, &after_panic).await?, json!("no panic"));
+
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_step_keeps_its_lease() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let events = Events::default();
+    let long_flow = |events: &Events| {
+        let events = events.clone();
+        Flow::new("long").step(step(
+            StepDef::new("long"),
+            move |_: StepArgs, ctx: StepContext| {
+                let events = events.clone();
+                async move {
+                    events.record(format!("attempt {}", ctx.attempt()));
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    Ok("done")
+                }
+            },
+        ))
+    };
+    client.create_flow(long_flow(&events).definition()).await?;
+    let first = start(
+        &db,
+        Worker::new(db.pool.clone())
+            .lease(Duration::from_millis(300))
+            .flow(long_flow(&events)),
+    );
+    let run = client
+        .run_flow("long", &json!({}), RunFlowOpts::default())
+        .await?;
+    events.wait_for("attempt 1").await;
+    // Once the first lease has run out, a second worker starts and claims at
+    // once: only the renewal of the lease keeps the step hidden from it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = start(
+        &db,
+        Worker::new(db.pool.clone())
+            .lease(Duration::from_millis(300))
+            .flow(long_flow(&events)),
+    );
+
+    let output = output_of(&client, &run).await?;
+    let long = step_run(&client, "long", run.id(), "long").await;
+
+    assert_eq!(output, json!("done"));
+    assert_eq!(long.attempts, 1);
+    assert_eq!(events.names(), ["attempt 1"]);
+
+    first.stop().await;
+    second.stop().await;
+    Ok(())
+}

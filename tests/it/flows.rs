@@ -731,3 +731,38 @@ async fn step_status_moves_to_started_while_running() -> anyhow::Result<()> {
     worker.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_step_output_completes_the_run() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let first = step(
+        StepDef::new("first"),
+        |_: StepArgs, _ctx: StepContext| async move { Ok(()) },
+    );
+    let second = step(
+        StepDef::new("second").depends_on("first"),
+        |args: StepArgs, _ctx: StepContext| async move {
+            Ok(json!({"first": args.dependency::<Value>("first")?}))
+        },
+    );
+    let flow = Flow::new("nulls")
+        .step(first)
+        .step(second)
+        .output_priority(["first", "second"]);
+    client.create_flow(flow.definition()).await?;
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+
+    let run = client
+        .run_flow("nulls", &json!({}), RunFlowOpts::default())
+        .await?;
+    let output = output_of(&client, &run).await?;
+    let second = step_run(&client, "nulls", run.id(), "second").await;
+
+    assert_eq!(output, Value::Null);
+    assert_eq!(run.get().await?.status, RunStatus::Completed);
+    assert_eq!(second.output, Some(json!({"first": null})));
+
+    worker.stop().await;
+    Ok(())
+}
