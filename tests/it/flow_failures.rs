@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::flow_helpers::{
     Events, output_of, start, step, step_run, unfinished_steps, wait_on_fail_status,
-    wait_step_status,
+    wait_run_status, wait_step_status,
 };
 
 /// The diamond s1 -> s3 -> s5 and s2 -> s4 -> s5, where s3 always fails
@@ -417,5 +417,47 @@ async fn long_step_keeps_its_lease() -> anyhow::Result<()> {
 
     first.stop().await;
     second.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a step held by a worker that died stays started; claims skip canceling runs and \
+            nothing else looks at expired leases, so the run stays canceling forever"]
+async fn canceling_run_finishes_after_its_worker_died() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client
+        .create_flow(handover_flow(false).definition())
+        .await?;
+    let run = client
+        .run_flow("handover", &json!({}), RunFlowOpts::default())
+        .await?;
+
+    let child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "flow_failures::child_worker_blocking_a_step",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_URL, db.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut child = ChildGuard(child);
+    wait_step_status(&client, "handover", run.id(), "work", StepStatus::Started).await;
+    child.0.kill()?;
+    child.0.wait()?;
+    run.cancel(Some("worker lost")).await?;
+
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(handover_flow(false)));
+    let info = wait_run_status(&client, "handover", run.id(), RunStatus::Canceled).await;
+    let work = step_run(&client, "handover", run.id(), "work").await;
+
+    assert_eq!(info.cancel_reason.as_deref(), Some("worker lost"));
+    assert_eq!(work.status, StepStatus::Canceled);
+
+    worker.stop().await;
     Ok(())
 }
