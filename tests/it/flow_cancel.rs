@@ -15,9 +15,9 @@ use crate::flow_helpers::{
     DEADLINE, Events, output_of, start, step, step_run, unfinished_steps, wait_run_status,
 };
 
-/// A flow where `work` runs until its token fires (recording "work stopped")
-/// or, when `ignore_token` is set, until the test records "release", and
-/// `after` depends on it.
+/// Builds a flow where `work` runs until its token fires (recording "work
+/// stopped") or, when `ignore_token` is set, until the test records
+/// "release", and `after` depends on it.
 fn cancel_flow(events: &Events, ignore_token: bool) -> Flow {
     let recorded = events.clone();
     let work = step(

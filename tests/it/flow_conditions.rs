@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::flow_helpers::{Events, output_of, start, step, step_run, wait_on_fail_status};
 
-/// A step that records its name when it runs and returns `output`.
+/// Builds a step that records its name when it runs and returns `output`.
 fn recording_step(
     events: &Events,
     definition: StepDef,
@@ -29,7 +29,7 @@ fn recording_step(
     })
 }
 
-/// A step returning the flow input as it is.
+/// Builds a step that returns the flow input unchanged.
 fn echo_step(definition: StepDef) -> catbird_worker::StepHandler {
     step(definition, |args: StepArgs, _ctx: StepContext| async move {
         Ok(args.input::<Value>()?)
@@ -145,7 +145,7 @@ async fn payment_branches_on_negated_conditions() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The routing flow: `approve` and `escalate` are alternatives, `finish`
+/// Builds the routing flow: `approve` and `escalate` are alternatives, `finish`
 /// joins them as optional dependencies and `audit` follows `finish`.
 fn route_flow(events: &Events) -> Flow {
     let recorded = events.clone();

@@ -12,8 +12,8 @@ use serde_json::json;
 use crate::flow_helpers::{start, step_run};
 use crate::helpers::{RecordingExecutor, sqlstate};
 
-/// Invalid definitions and a fragment of the error each must give. Every
-/// message names the step (or the output priority entry) at fault.
+/// Returns invalid definitions and a fragment of the error each must give.
+/// Every message names the step (or the output priority entry) at fault.
 fn invalid_definitions() -> Vec<(&'static str, FlowDef, &'static str)> {
     vec![
         (

@@ -16,7 +16,7 @@ use crate::flow_helpers::{
     wait_run_status, wait_step_status,
 };
 
-/// The diamond s1 -> s3 -> s5 and s2 -> s4 -> s5, where s3 always fails
+/// Builds the diamond s1 -> s3 -> s5 and s2 -> s4 -> s5, where s3 always fails
 /// (after `retries` retries) once s4 is running, and s4 runs until its token
 /// fires or one second has passed.
 fn failing_diamond(events: &Events, retries: u32) -> Flow {
@@ -114,7 +114,7 @@ async fn check_failing_diamond(retries: u32) -> anyhow::Result<()> {
     assert!(!events.contains("s5 started"));
     assert_eq!(events.count("s3 started"), usize::try_from(retries + 1)?);
 
-    // The sibling that was running when s3 failed is told to stop.
+    // The token of the sibling that was running when s3 failed fires.
     events.wait_for("s4 stopped").await;
     let s4 = step_run(&client, "diamond", run.id(), "s4").await;
     assert_ne!(s4.status, StepStatus::Completed);
@@ -181,8 +181,9 @@ async fn missing_required_dependency_fails_the_attempt() -> anyhow::Result<()> {
 /// The variable that hands the database URL to the child worker process.
 const CHILD_URL: &str = "CATBIRD_FLOW_CHILD_WORKER_URL";
 
-/// The flow the child worker and the test's own worker share: `work` blocks
-/// in the child and returns its attempt number in the test's worker.
+/// Builds the flow that the child worker and the test's own worker share:
+/// `work` blocks in the child and returns its attempt number in the test's
+/// worker.
 fn handover_flow(block: bool) -> Flow {
     Flow::new("handover").step(step(
         StepDef::new("work"),
@@ -203,6 +204,24 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts this test binary again as a process that runs only
+/// `child_worker_blocking_a_step`, against the test's database.
+fn spawn_child_worker(db: &TestDb) -> std::io::Result<ChildGuard> {
+    let child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "flow_failures::child_worker_blocking_a_step",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_URL, db.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(ChildGuard(child))
 }
 
 /// Runs only as the child process of `killed_worker_step_is_taken_over`: a
@@ -235,20 +254,9 @@ async fn killed_worker_step_is_taken_over() -> anyhow::Result<()> {
         .run_flow("handover", &json!({}), RunFlowOpts::default())
         .await?;
 
-    let child = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "flow_failures::child_worker_blocking_a_step",
-            "--ignored",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_URL, db.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut child = ChildGuard(child);
-    let held = wait_step_status(&client, "handover", run.id(), "work", StepStatus::Started).await;
+    let mut child = spawn_child_worker(&db)?;
+    let claimed =
+        wait_step_status(&client, "handover", run.id(), "work", StepStatus::Started).await;
     child.0.kill()?;
     child.0.wait()?;
 
@@ -256,7 +264,7 @@ async fn killed_worker_step_is_taken_over() -> anyhow::Result<()> {
     let output = output_of(&client, &run).await?;
     let work = step_run(&client, "handover", run.id(), "work").await;
 
-    assert_eq!(held.attempts, 1);
+    assert_eq!(claimed.attempts, 1);
     assert_eq!(output, json!({"attempt": 2}));
     assert_eq!(work.attempts, 2);
     assert_eq!(work.status, StepStatus::Completed);
@@ -433,19 +441,7 @@ async fn canceling_run_finishes_after_its_worker_died() -> anyhow::Result<()> {
         .run_flow("handover", &json!({}), RunFlowOpts::default())
         .await?;
 
-    let child = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "flow_failures::child_worker_blocking_a_step",
-            "--ignored",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_URL, db.url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut child = ChildGuard(child);
+    let mut child = spawn_child_worker(&db)?;
     wait_step_status(&client, "handover", run.id(), "work", StepStatus::Started).await;
     child.0.kill()?;
     child.0.wait()?;

@@ -137,7 +137,7 @@ pub(crate) async fn unfinished_steps(client: &Client, flow: &str, id: i64) -> Ve
         .collect()
 }
 
-/// The on-fail columns of a run: status, attempts and last error.
+/// Reads the on-fail columns of a run: status, attempts and last error.
 pub(crate) async fn on_fail_state(
     db: &TestDb,
     flow: &str,

@@ -17,7 +17,7 @@ struct Approval {
     approved: bool,
 }
 
-/// A flow where `approve` needs both `prepare` and a signal. `prepare` runs
+/// Builds a flow where `approve` needs both `prepare` and a signal. `prepare` runs
 /// until the test records "release".
 fn approval_flow(events: &Events) -> Flow {
     let recorded = events.clone();
