@@ -60,7 +60,7 @@ async fn cancel_stops_running_step_then_run() -> anyhow::Result<()> {
     let events = Events::default();
     let flow = cancel_flow(&events, false);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("cancelable", &json!({}), RunFlowOpts::default())
@@ -113,7 +113,7 @@ async fn step_ignoring_its_token_still_ends_canceled() -> anyhow::Result<()> {
     let events = Events::default();
     let flow = cancel_flow(&events, true);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
     let keyed = || RunFlowOpts::default().concurrency_key("job-1");
 
     let run = client.run_flow("cancelable", &json!({}), keyed()).await?;
@@ -159,7 +159,7 @@ async fn cancel_of_completed_run_changes_nothing() -> anyhow::Result<()> {
     );
     let flow = Flow::new("quick").step(only);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("quick", &json!({}), RunFlowOpts::default())
@@ -267,7 +267,7 @@ async fn step_cancels_its_own_run() -> anyhow::Result<()> {
     );
     let flow = Flow::new("self_cancel").step(check).step(ship);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("self_cancel", &json!({}), RunFlowOpts::default())
@@ -311,7 +311,7 @@ async fn canceling_run_finishes_when_worker_stops() -> anyhow::Result<()> {
     );
     let flow = Flow::new("stubborn").step(stubborn);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("stubborn", &json!({}), RunFlowOpts::default())
@@ -362,7 +362,7 @@ async fn cancel_during_retry_backoff_finishes() -> anyhow::Result<()> {
     .options_with(opts);
     let flow = Flow::new("backing_off").step(flaky);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("backing_off", &json!({}), RunFlowOpts::default())

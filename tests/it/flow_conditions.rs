@@ -59,7 +59,7 @@ async fn approval_or_escalation_by_score() -> anyhow::Result<()> {
         ))
         .output_priority(["approve", "escalate"]);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let high = client
         .run_flow("review", &json!({"score": 90}), RunFlowOpts::default())
@@ -114,7 +114,7 @@ async fn payment_branches_on_negated_conditions() -> anyhow::Result<()> {
         ))
         .output_priority(["charge", "hold"]);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let small = client
         .run_flow("payment", &json!({"amount": 50}), RunFlowOpts::default())
@@ -195,7 +195,7 @@ async fn join_runs_after_a_skipped_branch() -> anyhow::Result<()> {
     let events = Events::default();
     let flow = route_flow(&events);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let cases = [
         (
@@ -257,7 +257,7 @@ async fn ne_on_a_missing_field_runs_the_step() -> anyhow::Result<()> {
             json!("ran"),
         ));
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow(
@@ -296,7 +296,7 @@ async fn nested_comparison_skips_the_step() -> anyhow::Result<()> {
         ))
         .output_priority(["adult", "always"]);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow(
@@ -338,7 +338,7 @@ async fn dependent_of_skipped_step_receives_none() -> anyhow::Result<()> {
         ))
         .step(consumer);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let disabled = client
         .run_flow(
@@ -404,7 +404,7 @@ async fn skips_cascade_through_conditional_dependents() -> anyhow::Result<()> {
     assert_eq!(second.status, StepStatus::Skipped);
     assert_eq!(third.status, StepStatus::Queued);
 
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
     let output = output_of(&client, &run).await?;
     assert_eq!(output, json!("third"));
     assert_eq!(events.names(), ["third"]);
@@ -436,7 +436,7 @@ async fn signal_condition_can_skip_the_step() -> anyhow::Result<()> {
         ))
         .step(record);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("signal_gate", &json!({}), RunFlowOpts::default())
@@ -484,7 +484,7 @@ async fn all_output_candidates_skipped_fails_the_run() -> anyhow::Result<()> {
             None,
         );
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow(

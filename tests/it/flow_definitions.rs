@@ -475,7 +475,7 @@ async fn flow_without_handlers_runs_and_stays_queued() -> anyhow::Result<()> {
     let flow = Flow::new("orders")
         .step(StepDef::new("validate"))
         .step(StepDef::new("charge").depends_on("validate"));
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = catbird_tests::wait_for(
         "the worker to create the flow",

@@ -6,11 +6,11 @@ use std::time::Duration;
 use catbird_core::flow::{RunFlowOpts, StepDef, StepStatus};
 use catbird_core::task::RunStatus;
 use catbird_core::{Client, Error, PollOpts};
-use catbird_tests::TestDb;
+use catbird_tests::{TestDb, wait_for};
 use catbird_worker::{Flow, StepArgs, StepContext, Worker};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::flow_helpers::{Events, output_of, start, step, step_run, unfinished_steps};
+use crate::flow_helpers::{DEADLINE, Events, output_of, start, step, step_run, unfinished_steps};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_completion_cancels_running_sibling() -> anyhow::Result<()> {
@@ -68,7 +68,7 @@ async fn early_completion_cancels_running_sibling() -> anyhow::Result<()> {
         .step(report)
         .step(StepDef::new("unhandled"));
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("early", &json!({}), RunFlowOpts::default())
@@ -131,7 +131,7 @@ async fn first_early_completion_wins() -> anyhow::Result<()> {
         .step(racer("first", "second started"))
         .step(racer("second", "first won: true"));
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("race", &json!({}), RunFlowOpts::default())
@@ -180,7 +180,7 @@ async fn watcher_observes_sibling_completion() -> anyhow::Result<()> {
         .step(watcher)
         .output_priority(["watcher", "work"]);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("watching", &json!({}), RunFlowOpts::default())
@@ -214,7 +214,7 @@ async fn wait_for_step_stops_when_run_is_canceled() -> anyhow::Result<()> {
             async move {
                 events.record("watcher started");
                 let poll = PollOpts::default().poll_interval(Duration::from_millis(20));
-                let result = ctx.wait_for_step("gate", poll).await;
+                let result = ctx.wait_for_step("busy", poll).await;
                 events.record(match result {
                     Err(Error::RunCanceled(_)) => "wait stopped by cancellation".to_owned(),
                     other => format!("wait returned {other:?}"),
@@ -223,28 +223,49 @@ async fn wait_for_step_stops_when_run_is_canceled() -> anyhow::Result<()> {
             }
         },
     );
-    let gate = step(
-        StepDef::new("gate").signal(),
-        |args: StepArgs, _ctx: StepContext| async move { Ok(args.signal::<Value>()?) },
+    // "busy" ignores its token, so it stays started while the run is
+    // canceling: only the watcher's token can end the watcher's wait.
+    let recorded = events.clone();
+    let busy = step(
+        StepDef::new("busy"),
+        move |_: StepArgs, _ctx: StepContext| {
+            let events = recorded.clone();
+            async move {
+                events.record("busy started");
+                events.wait_for("release").await;
+                Ok(json!("busy"))
+            }
+        },
     );
-    let flow = Flow::new("watch_cancel").step(watcher).step(gate);
+    let flow = Flow::new("watch_cancel").step(watcher).step(busy);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("watch_cancel", &json!({}), RunFlowOpts::default())
         .await?;
     events.wait_for("watcher started").await;
+    events.wait_for("busy started").await;
     run.cancel(Some("stop watching")).await?;
-    events.wait_for("wait stopped by cancellation").await;
+    let wait_result = wait_for("the watcher's wait to end", DEADLINE, || async {
+        events
+            .names()
+            .into_iter()
+            .find(|name| name.starts_with("wait "))
+    })
+    .await;
+    let busy_while_canceling = step_run(&client, "watch_cancel", run.id(), "busy").await;
+    events.record("release");
     let error = output_of(&client, &run).await.unwrap_err();
-    let gate = step_run(&client, "watch_cancel", run.id(), "gate").await;
+    let busy = step_run(&client, "watch_cancel", run.id(), "busy").await;
 
+    assert_eq!(wait_result, "wait stopped by cancellation");
+    assert_eq!(busy_while_canceling.status, StepStatus::Started);
     assert!(
         matches!(error, Error::RunCanceled(Some(ref reason)) if reason == "stop watching"),
         "{error:?}"
     );
-    assert_eq!(gate.status, StepStatus::Canceled);
+    assert_eq!(busy.status, StepStatus::Canceled);
 
     worker.stop().await;
     Ok(())

@@ -37,12 +37,23 @@ impl Running {
 
 /// Starts `worker` listening on the test database, with a short shutdown
 /// grace period so that handlers a test leaves running do not slow it down.
-pub(crate) fn start(db: &TestDb, worker: Worker) -> Running {
+/// Returns once the worker has registered, which it does after its
+/// listener connected: from then on no stop notification is missed.
+pub(crate) async fn start(db: &TestDb, worker: Worker) -> Running {
+    let id = worker.id();
     let shutdown = CancellationToken::new();
     let worker = worker
         .listen_url(&db.url())
         .shutdown_timeout(Duration::from_millis(200));
     let handle = tokio::spawn(worker.start(shutdown.clone()));
+
+    let client = Client::new(db.pool.clone());
+    wait_for("the worker to register", DEADLINE, || async {
+        assert!(!handle.is_finished(), "the worker stopped while starting");
+        let workers = client.list_workers().await.ok()?;
+        workers.iter().any(|info| info.id == id).then_some(())
+    })
+    .await;
     Running { shutdown, handle }
 }
 

@@ -68,7 +68,7 @@ async fn on_fail_sees_the_failed_step() -> anyhow::Result<()> {
         None,
     );
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow(
@@ -139,7 +139,7 @@ async fn on_fail_handler_is_retried() -> anyhow::Result<()> {
         Some(opts),
     );
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("retried", &json!({}), RunFlowOpts::default())
@@ -187,7 +187,7 @@ async fn on_fail_gives_up_after_its_retries() -> anyhow::Result<()> {
         Some(opts),
     );
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("hopeless", &json!({}), RunFlowOpts::default())
@@ -231,7 +231,7 @@ async fn on_fail_is_not_queued_for_canceled_run() -> anyhow::Result<()> {
         None,
     );
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("canceled_not_failed", &json!({}), RunFlowOpts::default())

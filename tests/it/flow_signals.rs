@@ -59,7 +59,7 @@ async fn signal_step_waits_for_dependencies_and_signal() -> anyhow::Result<()> {
     let events = Events::default();
     let flow = approval_flow(&events);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("approval", &json!({"order": 9}), RunFlowOpts::default())
@@ -105,7 +105,7 @@ async fn signal_before_dependencies_is_kept() -> anyhow::Result<()> {
     let events = Events::default();
     let flow = approval_flow(&events);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("approval", &json!({"order": 3}), RunFlowOpts::default())
@@ -153,7 +153,7 @@ async fn signal_only_first_step_starts_after_delivery() -> anyhow::Result<()> {
     );
     let flow = Flow::new("gated").step(gate);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("gated", &json!("in"), RunFlowOpts::default())
@@ -238,7 +238,7 @@ async fn signal_to_finished_run_is_rejected() -> anyhow::Result<()> {
         .step(late)
         .output_priority(["late", "first"]);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("finished", &json!({}), RunFlowOpts::default())
@@ -277,7 +277,7 @@ async fn step_without_signal_cannot_read_one() -> anyhow::Result<()> {
     );
     let flow = Flow::new("unsignaled").step(plain);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("unsignaled", &json!({}), RunFlowOpts::default())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use catbird_core::flow::{FlowDef, RunFlowOpts, StepDef, StepStatus};
 use catbird_core::task::RunStatus;
-use catbird_core::{Client, Error};
+use catbird_core::{Client, Error, PollOpts};
 use catbird_tests::{TestDb, wait_for};
 use catbird_worker::{Flow, StepArgs, StepContext, Worker};
 use serde_json::{Map, Value, json};
@@ -43,7 +43,7 @@ async fn two_step_flow_passes_outputs_along() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_flow(double_add().definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(double_add()));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(double_add())).await;
 
     let run = client
         .run_flow("double_add", &10, RunFlowOpts::default())
@@ -65,7 +65,7 @@ async fn failing_step_fails_the_run() -> anyhow::Result<()> {
     );
     let flow = Flow::new("failing").step(boom);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("failing", &json!({}), RunFlowOpts::default())
@@ -149,8 +149,8 @@ async fn independent_branches_overlap_on_two_workers() -> anyhow::Result<()> {
         .step(branch("right", "left"))
         .step(join_def);
     client.create_flow(flow_a.definition()).await?;
-    let worker_a = start(&db, Worker::new(db.pool.clone()).flow(flow_a));
-    let worker_b = start(&db, Worker::new(db.pool.clone()).flow(flow_b));
+    let worker_a = start(&db, Worker::new(db.pool.clone()).flow(flow_a)).await;
+    let worker_b = start(&db, Worker::new(db.pool.clone()).flow(flow_b)).await;
 
     let run = client
         .run_flow("branches", &json!({}), RunFlowOpts::default())
@@ -255,7 +255,7 @@ async fn order_diamond_passes_outputs_by_name() -> anyhow::Result<()> {
     let events = Events::default();
     let flow = order_flow(&events);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow(
@@ -325,7 +325,7 @@ async fn output_priority_takes_first_listed_completed_step() -> anyhow::Result<(
         .output_priority(["middle", "last"]);
     client.create_flow(ranked.definition()).await?;
     client.create_flow(inner.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(ranked).flow(inner));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(ranked).flow(inner)).await;
 
     let ranked_run = client
         .run_flow("ranked", &json!({}), RunFlowOpts::default())
@@ -349,32 +349,23 @@ async fn output_priority_takes_first_listed_completed_step() -> anyhow::Result<(
 async fn default_output_follows_definition_order() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
-    let events = Events::default();
-    let recorded = events.clone();
+    // "first" returns only once "second" has completed.
     let first = step(
         StepDef::new("first"),
-        move |_: StepArgs, _ctx: StepContext| {
-            let events = recorded.clone();
-            async move {
-                wait_in_handler(&events, "second finished").await?;
-                Ok(11)
-            }
+        |_: StepArgs, ctx: StepContext| async move {
+            let poll = PollOpts::default().poll_interval(Duration::from_millis(10));
+            let second = ctx.wait_for_step("second", poll).await?;
+            anyhow::ensure!(second.is_completed(), "second ended {}", second.status);
+            Ok(11)
         },
     );
-    let recorded = events.clone();
     let second = step(
         StepDef::new("second"),
-        move |_: StepArgs, _ctx: StepContext| {
-            let events = recorded.clone();
-            async move {
-                events.record("second finished");
-                Ok(22)
-            }
-        },
+        |_: StepArgs, _ctx: StepContext| async move { Ok(22) },
     );
     let flow = Flow::new("finals").step(first).step(second);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("finals", &json!({}), RunFlowOpts::default())
@@ -404,7 +395,7 @@ async fn concurrency_key_returns_the_started_run() -> anyhow::Result<()> {
     );
     let flow = Flow::new("keyed").step(approve);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
     let keyed = || RunFlowOpts::default().concurrency_key("order-1");
 
     let first = client.run_flow("keyed", &json!(1), keyed()).await?;
@@ -450,9 +441,9 @@ async fn visible_at_delays_the_first_steps() -> anyhow::Result<()> {
     );
     let flow = Flow::new("delayed").step(first).step(second);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
-    let visible_at = db_now(&db.pool).await + chrono::Duration::milliseconds(800);
+    let visible_at = db_now(&db.pool).await + chrono::Duration::milliseconds(1500);
     let run = client
         .run_flow(
             "delayed",
@@ -581,7 +572,7 @@ async fn fifty_step_chain_completes() -> anyhow::Result<()> {
         ));
     }
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("chain", &100, RunFlowOpts::default())
@@ -617,7 +608,7 @@ async fn fifty_wide_fan_in_completes() -> anyhow::Result<()> {
         Ok(outputs)
     }));
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("fan_in", &1000, RunFlowOpts::default())
@@ -662,7 +653,7 @@ async fn ignored_dependency_is_awaited_but_not_passed() -> anyhow::Result<()> {
     );
     let flow = Flow::new("ignoring").step(slow).step(fast).step(after);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("ignoring", &json!({}), RunFlowOpts::default())
@@ -705,7 +696,7 @@ async fn step_status_moves_to_started_while_running() -> anyhow::Result<()> {
     );
     let flow = Flow::new("holding").step(hold);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("holding", &json!({}), RunFlowOpts::default())
@@ -751,7 +742,7 @@ async fn null_step_output_completes_the_run() -> anyhow::Result<()> {
         .step(second)
         .output_priority(["first", "second"]);
     client.create_flow(flow.definition()).await?;
-    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow));
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
     let run = client
         .run_flow("nulls", &json!({}), RunFlowOpts::default())
