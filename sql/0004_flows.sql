@@ -1024,14 +1024,26 @@ END;
 $$;
 
 -- Gives a step claim back without counting the attempt; claimable again
--- after `delay` milliseconds. Returns whether the attempt still held it.
+-- after `delay` milliseconds. In a canceling run nothing claims it again,
+-- so the step is canceled instead and the run's cancellation finishes when
+-- nothing else runs. Returns whether the attempt still held it.
 CREATE FUNCTION cb_release_step(flow text, id bigint, attempt integer, delay integer) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_lock record;
     v_step text;
 BEGIN
-    PERFORM cb_flow_table(flow);
     PERFORM cb_check_non_negative('delay', delay);
+    v_lock := cb_flow_lock_step(flow, id, attempt);
+    IF v_lock.run_id IS NULL THEN
+        RETURN false;
+    END IF;
+    IF v_lock.run_status = 'canceling' THEN
+        EXECUTE format('UPDATE %I SET status = ''canceled'', canceled_at = clock_timestamp() WHERE id = $1', 'cb_s_' || flow)
+            USING id;
+        PERFORM cb_flow_finish_cancel(flow, v_lock.run_id);
+        RETURN true;
+    END IF;
     EXECUTE format($sql$
         UPDATE %I
         SET attempts = attempts - 1,

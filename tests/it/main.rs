@@ -2,6 +2,15 @@
 //! build and link time down. Each test creates its own database.
 
 mod conditions;
+mod flow_cancel;
+mod flow_conditions;
+mod flow_definitions;
+mod flow_early;
+mod flow_failures;
+mod flow_helpers;
+mod flow_on_fail;
+mod flow_signals;
+mod flow_sql_api;
 mod flows;
 mod gc;
 mod helpers;

@@ -375,6 +375,11 @@ pub(crate) async fn supervise<T: Send + 'static>(
                     abort_at = Some(Instant::now() + ABORT_AFTER_HARD_STOP);
                 }
             }
+            // A token that fired earlier (the run was canceled) leaves the
+            // branch above disabled, so the grace period's end is seen here.
+            () = hard_stop.cancelled(), if token_seen && abort_at.is_none() => {
+                abort_at = Some(Instant::now() + ABORT_AFTER_HARD_STOP);
+            }
             () = sleep_until_opt(abort_at) => {
                 stop_handler(handle).await;
                 return Supervised::Interrupted;
