@@ -556,6 +556,9 @@ BEGIN
                 ('waiting_for_dependencies', 'waiting_for_signal', 'queued', 'started',
                  'waiting_for_map_tasks', 'completed', 'failed', 'skipped', 'canceled')),
             remaining_dependencies integer NOT NULL,
+            -- True from a claim until the attempt ends; a started step that
+            -- is not running waits for a retry.
+            running boolean NOT NULL DEFAULT false,
             signal_delivered boolean NOT NULL DEFAULT false,
             signal_input jsonb,
             priority integer NOT NULL DEFAULT 0,
@@ -858,7 +861,7 @@ BEGIN
             FOR UPDATE OF s SKIP LOCKED
         ), claimed AS (
             UPDATE %1$I s
-            SET status = 'started', started_at = $2, attempts = s.attempts + 1,
+            SET status = 'started', started_at = $2, attempts = s.attempts + 1, running = true,
                 visible_at = $2 + make_interval(secs => $4 / 1000.0)
             FROM selected x
             WHERE s.id = x.id
@@ -923,6 +926,12 @@ DECLARE
     v_running boolean;
     v_count integer;
 BEGIN
+    -- A started step that is not running waits for a retry: nothing will
+    -- finish it, so it is canceled here.
+    EXECUTE format($sql$
+        UPDATE %I SET status = 'canceled', running = false, canceled_at = clock_timestamp()
+        WHERE flow_run_id = $1 AND status = 'started' AND NOT running$sql$, 'cb_s_' || flow)
+        USING run_id;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE flow_run_id = $1 AND status = ''started'')', 'cb_s_' || flow)
         INTO v_running USING run_id;
     IF v_running THEN
@@ -1003,7 +1012,8 @@ BEGIN
 
     IF retry_delay IS NOT NULL THEN
         EXECUTE format($sql$
-            UPDATE %I SET error_message = $2, visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
+            UPDATE %I SET error_message = $2, running = false,
+                          visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
             WHERE id = $1
             RETURNING step_name$sql$, 'cb_s_' || flow)
             INTO v_step USING id, v_message, retry_delay;
@@ -1048,6 +1058,7 @@ BEGIN
         UPDATE %I
         SET attempts = attempts - 1,
             status = CASE WHEN attempts = 1 THEN 'queued' ELSE status END,
+            running = false,
             visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
         WHERE id = $1 AND status = 'started' AND attempts = $2
         RETURNING step_name$sql$, 'cb_s_' || flow)

@@ -1,9 +1,10 @@
 -- Version 5: garbage collection, purging and clearing of runs.
 --
 -- cb_gc() is one collection pass: it deletes expired queues and messages,
--- moves queued or started runs past their expiry to expired, deletes workers
--- whose heartbeat stopped, and deletes finished runs older than their task's
--- or flow's retention period. Workers run it from their heartbeat; anyone can
+-- moves queued or started runs past their expiry to expired, finishes flow
+-- cancellations whose running steps lost their worker, deletes workers whose
+-- heartbeat stopped, and deletes finished runs older than their task's or
+-- flow's retention period. Workers run it from their heartbeat; anyone can
 -- call it.
 
 -- migrate:up
@@ -40,6 +41,7 @@ DECLARE
     v_report cb_gc_report := ROW(0, 0, 0, 0, 0, 0, 0);
     v_name text;
     v_retention bigint;
+    v_run_id bigint;
     v_count integer;
 BEGIN
     FOR v_name IN SELECT name FROM cb_queues WHERE expires_at <= now() ORDER BY name LOOP
@@ -74,6 +76,23 @@ BEGIN
     END LOOP;
 
     FOR v_name, v_retention IN SELECT name, retention_period FROM cb_flows ORDER BY name LOOP
+        -- A canceling run whose running step lost its worker (the lease ran
+        -- out) would wait forever: cancel such steps and finish the runs.
+        FOR v_run_id IN EXECUTE format($sql$
+            SELECT r.id FROM %I r
+            WHERE r.status = 'canceling'
+              AND EXISTS (SELECT 1 FROM %I s WHERE s.flow_run_id = r.id AND s.status = 'started'
+                          AND s.visible_at <= clock_timestamp())
+            FOR UPDATE OF r SKIP LOCKED$sql$, 'cb_f_' || v_name, 'cb_s_' || v_name)
+        LOOP
+            EXECUTE format($sql$
+                UPDATE %I SET status = 'canceled', running = false, canceled_at = clock_timestamp()
+                WHERE flow_run_id = $1 AND status = 'started' AND visible_at <= clock_timestamp()$sql$,
+                'cb_s_' || v_name)
+                USING v_run_id;
+            PERFORM cb_flow_finish_cancel(v_name, v_run_id);
+        END LOOP;
+
         EXECUTE format($sql$
             UPDATE %I SET status = 'expired', expired_at = now()
             WHERE status IN ('started', 'canceling') AND expires_at <= now()$sql$, 'cb_f_' || v_name);

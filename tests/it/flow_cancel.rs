@@ -344,9 +344,6 @@ impl BackoffStrategy for FixedDelay {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a step waiting for its retry is stored as started, exactly like a running one, \
-            so cancel_flow_run leaves the run canceling until the retry is due, and claims \
-            skip canceling runs, so the run never becomes canceled"]
 async fn cancel_during_retry_backoff_finishes() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
