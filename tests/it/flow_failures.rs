@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::flow_helpers::{
     Events, output_of, start, step, step_run, unfinished_steps, wait_on_fail_status,
-    wait_run_status, wait_step_status,
+    wait_step_status,
 };
 
 /// Builds the diamond s1 -> s3 -> s5 and s2 -> s4 -> s5, where s3 always fails
