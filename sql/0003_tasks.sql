@@ -102,6 +102,19 @@ BEGIN
 END;
 $$;
 
+-- Raises CB002 unless `value` (milliseconds) is at most 100 years: longer
+-- periods are meaningless and overflow timestamp arithmetic.
+CREATE FUNCTION cb_check_period(what text, value bigint) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM cb_check_non_negative(what, value);
+    IF value > 3155760000000 THEN
+        RAISE EXCEPTION 'catbird: % must be at most 100 years (3155760000000 milliseconds), got %', what, value
+            USING ERRCODE = 'CB002';
+    END IF;
+END;
+$$;
+
 -- Raises CB002 unless `value` (milliseconds) is greater than 0.
 CREATE FUNCTION cb_check_positive(what text, value bigint) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -138,7 +151,7 @@ BEGIN
         RAISE EXCEPTION 'catbird: invalid task name "input": is reserved'
             USING ERRCODE = 'CB002';
     END IF;
-    PERFORM cb_check_non_negative('retention_period', cb_create_task.retention_period);
+    PERFORM cb_check_period('retention_period', cb_create_task.retention_period);
     IF v_condition IS NOT NULL THEN
         v_parsed := cb_parse_condition(v_condition);
         IF v_parsed -> 'path' ->> 0 IS DISTINCT FROM 'input' THEN
@@ -702,7 +715,7 @@ CREATE FUNCTION cb_wait_task_output(
     name text,
     id bigint,
     poll_for integer DEFAULT 5000,
-    poll_interval integer DEFAULT 200
+    poll_interval integer DEFAULT NULL
 ) RETURNS SETOF cb_task_run
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -711,8 +724,10 @@ DECLARE
     v_run cb_task_run;
 BEGIN
     PERFORM cb_check_positive('poll_for', poll_for);
+    -- Without an interval: 200 ms, or half of a shorter wait.
+    poll_interval := coalesce(poll_interval, least(200, greatest(poll_for / 2, 1)));
     PERFORM cb_check_positive('poll_interval', poll_interval);
-    IF poll_interval >= poll_for THEN
+    IF poll_interval >= poll_for AND poll_for > 1 THEN
         RAISE EXCEPTION 'catbird: poll_interval (% ms) must be less than poll_for (% ms)', poll_interval, poll_for
             USING ERRCODE = 'CB002';
     END IF;
@@ -823,6 +838,7 @@ DROP FUNCTION cb_run_task(text, jsonb, text, jsonb, timestamptz, timestamptz, in
 DROP FUNCTION cb_delete_task(text);
 DROP FUNCTION cb_create_task(text, text, text, bigint, boolean);
 DROP FUNCTION cb_check_positive(text, bigint);
+DROP FUNCTION cb_check_period(text, bigint);
 DROP FUNCTION cb_check_non_negative(text, bigint);
 DROP FUNCTION cb_task_table(text);
 DROP TYPE cb_claimed_task_on_fail;

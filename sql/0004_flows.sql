@@ -185,6 +185,9 @@ BEGIN
         IF jsonb_typeof(v_step) <> 'object' THEN
             PERFORM cb_flow_definition_error(flow, format('each step must be a JSON object, got %s', v_step));
         END IF;
+        IF jsonb_typeof(v_step -> 'name') IS DISTINCT FROM 'string' THEN
+            PERFORM cb_flow_definition_error(flow, format('each step needs a "name" string, got %s', v_step));
+        END IF;
         v_name := v_step ->> 'name';
         PERFORM cb_check_name('step', v_name);
         IF v_name IN ('input', 'signal') THEN
@@ -255,7 +258,12 @@ BEGIN
         v_condition := nullif(btrim(v_step ->> 'condition'), '');
         v_parsed := NULL;
         IF v_condition IS NOT NULL THEN
-            v_parsed := cb_parse_condition(v_condition);
+            BEGIN
+                v_parsed := cb_parse_condition(v_condition);
+            EXCEPTION WHEN SQLSTATE 'CB002' THEN
+                PERFORM cb_flow_definition_error(flow, format('the condition of step "%s" is invalid: %s',
+                    v_name, regexp_replace(SQLERRM, '^catbird: ', '')));
+            END;
             v_root := v_parsed -> 'path' ->> 0;
             IF v_root = 'signal' AND NOT coalesce((v_step ->> 'signal')::boolean, false) THEN
                 PERFORM cb_flow_definition_error(flow, format(
@@ -366,19 +374,19 @@ BEGIN
     IF stored = given THEN
         RETURN NULL;
     END IF;
-    FOREACH v_key IN ARRAY ARRAY['description', 'output_priority', 'retention_period'] LOOP
-        IF stored -> v_key IS DISTINCT FROM given -> v_key THEN
-            RETURN format('%s is %s in the database but %s here',
-                          v_key, coalesce(stored ->> v_key, 'null'), coalesce(given ->> v_key, 'null'));
-        END IF;
-    END LOOP;
-
     SELECT array_agg(s ->> 'name') INTO v_stored_names FROM jsonb_array_elements(stored -> 'steps') s;
     SELECT array_agg(s ->> 'name') INTO v_given_names FROM jsonb_array_elements(given -> 'steps') s;
     IF v_stored_names IS DISTINCT FROM v_given_names THEN
         RETURN format('the steps are [%s] in the database but [%s] here',
                       array_to_string(v_stored_names, ', '), array_to_string(v_given_names, ', '));
     END IF;
+
+    FOREACH v_key IN ARRAY ARRAY['description', 'output_priority', 'retention_period'] LOOP
+        IF stored -> v_key IS DISTINCT FROM given -> v_key THEN
+            RETURN format('%s is %s in the database but %s here',
+                          v_key, coalesce(stored ->> v_key, 'null'), coalesce(given ->> v_key, 'null'));
+        END IF;
+    END LOOP;
 
     FOR v_stored_step, v_given_step IN
         SELECT s.value, g.value
@@ -426,7 +434,7 @@ DECLARE
     v_position integer := 0;
 BEGIN
     PERFORM cb_check_name('flow', v_flow);
-    PERFORM cb_check_non_negative('retention_period', retention_period);
+    PERFORM cb_check_period('retention_period', retention_period);
     v_steps := cb_normalize_flow_steps(v_flow, steps);
 
     v_cycle := cb_find_flow_cycle(v_steps);
@@ -1247,7 +1255,7 @@ $$;
 -- `poll_for`. Returns the run, or no row when the wait ran out. Raises CB003
 -- for an unknown run id.
 CREATE FUNCTION cb_wait_flow_output(flow text, id bigint, poll_for integer DEFAULT 5000,
-                                    poll_interval integer DEFAULT 200)
+                                    poll_interval integer DEFAULT NULL)
 RETURNS SETOF cb_flow_run
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1255,8 +1263,10 @@ DECLARE
     v_run cb_flow_run;
 BEGIN
     PERFORM cb_check_positive('poll_for', poll_for);
+    -- Without an interval: 200 ms, or half of a shorter wait.
+    poll_interval := coalesce(poll_interval, least(200, greatest(poll_for / 2, 1)));
     PERFORM cb_check_positive('poll_interval', poll_interval);
-    IF poll_interval >= poll_for THEN
+    IF poll_interval >= poll_for AND poll_for > 1 THEN
         RAISE EXCEPTION 'catbird: poll_interval (% ms) must be less than poll_for (% ms)', poll_interval, poll_for
             USING ERRCODE = 'CB002';
     END IF;

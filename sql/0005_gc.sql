@@ -130,7 +130,7 @@ DECLARE
     v_count integer;
 BEGIN
     PERFORM cb_check_name('task', name);
-    PERFORM cb_check_non_negative('older_than', older_than);
+    PERFORM cb_check_period('older_than', older_than);
     IF NOT EXISTS (SELECT 1 FROM cb_tasks t WHERE t.name = cb_purge_task_runs.name) THEN
         RETURN 0;
     END IF;
@@ -154,7 +154,7 @@ DECLARE
     v_count integer;
 BEGIN
     PERFORM cb_check_name('flow', name);
-    PERFORM cb_check_non_negative('older_than', older_than);
+    PERFORM cb_check_period('older_than', older_than);
     IF NOT EXISTS (SELECT 1 FROM cb_flows f WHERE f.name = cb_purge_flow_runs.name) THEN
         RETURN 0;
     END IF;

@@ -19,6 +19,7 @@ mod queue_concurrency;
 mod queue_reader;
 mod queue_wakeups;
 mod queues;
+mod robustness;
 mod sql_api;
 mod task_cancel;
 mod task_macro;

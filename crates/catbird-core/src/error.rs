@@ -271,16 +271,33 @@ impl From<tokio_postgres::Error> for Error {
             match db.code().code() {
                 SQLSTATE_NOT_DEFINED => return Error::NotDefined(message),
                 SQLSTATE_INVALID_ARGUMENT => return Error::InvalidArgument(message),
-                SQLSTATE_NOT_FOUND => {
-                    return Error::NotFound {
-                        kind: "run",
-                        name: message,
-                    };
-                }
+                SQLSTATE_NOT_FOUND => return not_found_from_sql(&message),
                 _ => {}
             }
         }
         Error::Database(error)
+    }
+}
+
+/// Builds [`Error::NotFound`] from the SQL message
+/// `<task|flow> run <id> of <task|flow> "<name>" not found`, in the shape the
+/// client's own lookups use (`kind` "task run", `name` "<name>/<id>").
+fn not_found_from_sql(message: &str) -> Error {
+    let words: Vec<&str> = message.split_whitespace().collect();
+    let kind = match words.first() {
+        Some(&"task") => "task run",
+        Some(&"flow") => "flow run",
+        _ => "run",
+    };
+    match (words.get(2), words.get(5)) {
+        (Some(id), Some(name)) => Error::NotFound {
+            kind,
+            name: format!("{}/{id}", name.trim_matches('"')),
+        },
+        _ => Error::NotFound {
+            kind,
+            name: message.trim_end_matches(" not found").to_owned(),
+        },
     }
 }
 
@@ -290,5 +307,26 @@ impl From<deadpool_postgres::PoolError> for Error {
             deadpool_postgres::PoolError::Backend(error) => Error::from(error),
             other => Error::Pool(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_not_found_reads_like_the_client_lookup() {
+        let error = not_found_from_sql("task run 4242 of task \"t\" not found");
+        assert_eq!(error.to_string(), "catbird: task run \"t/4242\" not found");
+        assert!(error.is_not_found());
+    }
+
+    #[test]
+    fn unexpected_not_found_message_is_kept() {
+        let error = not_found_from_sql("something else not found");
+        assert_eq!(
+            error.to_string(),
+            "catbird: run \"something else\" not found"
+        );
     }
 }

@@ -51,6 +51,17 @@ impl JsonText {
     }
 }
 
+/// Rejects text PostgreSQL cannot store: the NUL character. `what` names the
+/// argument in the error ("topic", "concurrency key", ...).
+pub(crate) fn check_text(what: &str, value: Option<&str>) -> Result<(), Error> {
+    match value {
+        Some(text) if text.contains('\0') => Err(Error::InvalidArgument(format!(
+            "{what} {text:?} contains the NUL character, which PostgreSQL text cannot store"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Reports whether JSON text contains a `\u0000` escape. Valid JSON can only
 /// carry NUL that way; an escape is real when the backslash before `u` is
 /// itself not escaped, that is when an odd number of backslashes precede `u`.

@@ -223,6 +223,10 @@ pub const CLEAR_TASK_RUNS: &str = "SELECT cb_clear_task_runs(name => $1)";
 /// `cb_clear_flow_runs`.
 pub const CLEAR_FLOW_RUNS: &str = "SELECT cb_clear_flow_runs(name => $1)";
 
+/// The newest applied schema version (the version table must exist).
+pub const APPLIED_SCHEMA_VERSION: &str =
+    "SELECT coalesce(max(version), 0) FROM cb_schema_migrations";
+
 /// Every statement above, for the prepare-all test.
 pub const ALL: &[&str] = &[
     CREATE_QUEUE,
@@ -288,4 +292,5 @@ pub const ALL: &[&str] = &[
     PURGE_FLOW_RUNS,
     CLEAR_TASK_RUNS,
     CLEAR_FLOW_RUNS,
+    APPLIED_SCHEMA_VERSION,
 ];

@@ -22,7 +22,7 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::names::validate_name;
-use crate::payload::JsonText;
+use crate::payload::{JsonText, check_text};
 use crate::poll::PollOpts;
 use crate::query::Query;
 use crate::sql;
@@ -78,6 +78,8 @@ impl Task {
     /// Checks the name and condition without touching the database.
     pub fn validate(&self) -> Result<(), Error> {
         validate_task_name(&self.name)?;
+        check_text("description", self.description.as_deref())?;
+        check_text("condition", self.condition.as_deref())?;
         if let Some(condition) = self.condition.as_deref().filter(|c| !c.trim().is_empty()) {
             let parsed = crate::condition::Condition::parse(condition)?;
             if parsed.root() != "input" {
@@ -477,9 +479,15 @@ impl<O: DeserializeOwned> TaskHandle<O> {
     ) -> Result<O, Error> {
         let poll = poll.normalized();
         loop {
-            let run = get_task_run(executor, &self.task, self.id).await?;
-            if run.is_done() {
-                return run.output_as();
+            match get_task_run(executor, &self.task, self.id).await {
+                Ok(run) if run.is_done() => return run.output_as(),
+                Ok(_) => {}
+                // A dropped connection or an exhausted pool does not end the
+                // wait: the run goes on without it.
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(task = %self.task, task.run_id = self.id, %error, "retrying a failed wait");
+                }
+                Err(error) => return Err(error),
             }
             tokio::time::sleep(poll.poll_interval).await;
         }
@@ -556,6 +564,7 @@ pub fn run_task_query<I: Serialize + ?Sized>(
     opts: RunTaskOpts,
 ) -> Result<Query, Error> {
     validate_name("task", name)?;
+    check_text("concurrency key", opts.concurrency_key.as_deref())?;
     let input = JsonText::encode("task input", input)?;
     let headers = opts
         .headers
@@ -721,6 +730,7 @@ pub async fn cancel_task_run(
     reason: Option<&str>,
 ) -> Result<bool, Error> {
     validate_name("task", name)?;
+    check_text("cancel reason", reason)?;
     let row = executor
         .query_opt_row(sql::CANCEL_TASK, &[&name, &id, &reason])
         .await?;

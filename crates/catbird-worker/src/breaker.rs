@@ -100,7 +100,7 @@ impl CircuitBreakerStrategy for CircuitBreaker {
     fn record_failure(&self) {
         let mut state = self.lock();
         let open = State::Open {
-            until: Instant::now() + self.open_timeout,
+            until: far_deadline(self.open_timeout),
         };
         *state = match *state {
             State::Closed { failures } if failures + 1 >= self.failure_threshold => open,
@@ -110,6 +110,13 @@ impl CircuitBreakerStrategy for CircuitBreaker {
             State::HalfOpen { .. } | State::Open { .. } => open,
         };
     }
+}
+
+/// Returns now + `after`, or a time a century away when that overflows.
+fn far_deadline(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 #[cfg(test)]

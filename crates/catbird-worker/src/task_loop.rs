@@ -344,7 +344,10 @@ pub(crate) async fn supervise<T: Send + 'static>(
     hard_stop: &CancellationToken,
     timeout: Duration,
 ) -> Supervised<T> {
-    let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+    // A deadline too far away to represent is no deadline.
+    let deadline = (!timeout.is_zero())
+        .then(|| Instant::now().checked_add(timeout))
+        .flatten();
     let mut abort_at: Option<Instant> = None;
     let mut token_seen = false;
     loop {
@@ -352,8 +355,10 @@ pub(crate) async fn supervise<T: Send + 'static>(
             joined = &mut handle => {
                 let finished = match joined {
                     Ok(Ok(output)) => Ok(output),
-                    Ok(Err(error)) => Err(format!("{error:#}")),
-                    Err(error) if error.is_panic() => Err(format!("panic: {}", panic_message(error.into_panic()))),
+                    Ok(Err(error)) => Err(storable_message(format!("{error:#}"))),
+                    Err(error) if error.is_panic() => {
+                        Err(storable_message(format!("panic: {}", panic_message(error.into_panic()))))
+                    }
                     Err(_) => Err("the handler was aborted".to_owned()),
                 };
                 if hard_stop.is_cancelled() && finished.is_err() {
@@ -403,6 +408,17 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Replaces NUL characters, which PostgreSQL text cannot store, so recording
+/// the failure never fails (a failure that cannot be recorded would be run
+/// again after every lease).
+pub(crate) fn storable_message(message: String) -> String {
+    if message.contains('\0') {
+        message.replace('\0', "\u{FFFD}")
+    } else {
+        message
     }
 }
 

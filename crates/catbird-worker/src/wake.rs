@@ -108,6 +108,18 @@ impl Registry {
         running.insert((kind.to_owned(), id), token);
     }
 
+    /// Fires the token of a running handler, when its run turned out to be
+    /// canceled without a notification reaching this worker.
+    pub(crate) fn cancel_running(&self, kind: &str, id: i64) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(token) = running.get(&(kind.to_owned(), id)) {
+            token.cancel();
+        }
+    }
+
     /// Forgets a handler that finished.
     pub(crate) fn untrack_running(&self, kind: &str, id: i64) {
         let mut running = self
@@ -215,12 +227,21 @@ impl Registry {
 /// empty or unreadable time, which means "now".
 fn visible_in(epoch: &str) -> Option<Duration> {
     let seconds: f64 = epoch.parse().ok()?;
+    if !seconds.is_finite() {
+        // `infinity` visibility: nothing to wake for; polling covers it.
+        return None;
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()?
         .as_secs_f64();
-    Some(Duration::from_secs_f64((seconds - now).max(0.0)))
+    // A timer further out than a day only matters if nothing else wakes the
+    // loop first, and polling does every few seconds.
+    Duration::try_from_secs_f64((seconds - now).clamp(0.0, MAX_TIMER.as_secs_f64())).ok()
 }
+
+/// The longest timer a wake-up sets.
+const MAX_TIMER: Duration = Duration::from_secs(24 * 3600);
 
 /// Holds the worker's `LISTEN` connection until `shutdown`, reconnecting
 /// after a second whenever it fails. `connected` is fired after the first
@@ -234,22 +255,24 @@ pub(crate) async fn listen(
     connected: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut connected = Some(connected);
-    let mut first = true;
+    let mut ever_listened = false;
     while !shutdown.is_cancelled() {
-        match listen_once(&config, &channel, &registry, &shutdown, &mut connected).await {
-            Ok(()) => {}
-            Err(error) => {
-                if let Some(sender) = connected.take() {
-                    let _ = sender.send(());
-                }
-                if first {
-                    tracing::warn!(%error, "worker could not listen for wake-ups; polling until it can");
-                } else {
-                    tracing::warn!(%error, "worker lost its wake-up connection; reconnecting in 1 s");
-                }
+        let was_waiting = connected.is_some();
+        let result = listen_once(&config, &channel, &registry, &shutdown, &mut connected).await;
+        // listen_once fires `connected` once its LISTEN succeeded.
+        if was_waiting && connected.is_none() {
+            ever_listened = true;
+        }
+        if let Err(error) = result {
+            if let Some(sender) = connected.take() {
+                let _ = sender.send(());
+            }
+            if ever_listened {
+                tracing::warn!(%error, "worker lost its wake-up connection; reconnecting in 1 s");
+            } else {
+                tracing::warn!(%error, "worker could not listen for wake-ups; polling until it can");
             }
         }
-        first = false;
         tokio::select! {
             () = tokio::time::sleep(RECONNECT_DELAY) => {}
             () = shutdown.cancelled() => {}
@@ -322,6 +345,14 @@ mod tests {
     fn empty_time_means_now() {
         assert_eq!(visible_in(""), None);
         assert_eq!(visible_in("garbage"), None);
+    }
+
+    #[test]
+    fn infinite_or_huge_times_set_no_panicking_timer() {
+        assert_eq!(visible_in("Infinity"), None);
+        assert_eq!(visible_in("inf"), None);
+        assert_eq!(visible_in("NaN"), None);
+        assert_eq!(visible_in("1e300"), Some(MAX_TIMER));
     }
 
     #[test]

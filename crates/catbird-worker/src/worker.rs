@@ -260,6 +260,11 @@ impl Worker {
                 self.lease
             )));
         }
+        if self.heartbeat_interval.is_zero() {
+            return Err(WorkerError::InvalidConfiguration(
+                "heartbeat interval must be greater than zero".to_owned(),
+            ));
+        }
         if let Some(Err(message)) = &self.listen_config {
             return Err(WorkerError::InvalidConfiguration(message.clone()));
         }
@@ -283,6 +288,7 @@ impl Worker {
     /// [`WorkerError::Database`] when definitions cannot be created.
     pub async fn start(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         self.validate()?;
+        check_schema(&self.pool).await?;
 
         for definition in &self.definitions {
             create_task(&self.pool, definition).await?;
@@ -399,6 +405,24 @@ impl Worker {
     }
 }
 
+/// Fails when the database schema is older than this build needs, so a
+/// missing migration is reported once at start instead of as failing calls.
+async fn check_schema(pool: &deadpool_postgres::Pool) -> Result<(), WorkerError> {
+    let applied: i32 = match pool.query_opt_row(sql::APPLIED_SCHEMA_VERSION, &[]).await {
+        Ok(row) => row.map_or(0, |row| row.get(0)),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+        Err(error) => return Err(error.into()),
+    };
+    let needed = catbird_core::schema::SCHEMA_VERSION;
+    if applied < needed {
+        return Err(WorkerError::InvalidConfiguration(format!(
+            "the database schema is at version {applied}, but this build needs version {needed}; \
+             apply it with `cb migrate up` or catbird::schema::migrate_up"
+        )));
+    }
+    Ok(())
+}
+
 async fn register(shared: &Shared, task_names: &[String], steps: &serde_json::Value) {
     let mut sorted = task_names.to_vec();
     sorted.sort();
@@ -507,14 +531,26 @@ async fn renew_leases(shared: Arc<Shared>) {
             );
         for (statement, name, ids) in renewals {
             let lease_ms = shared.lease_ms();
-            if let Err(error) = shared
+            match shared
                 .pool
                 .query_rows(statement, &[&name, &ids, &lease_ms])
                 .await
             {
-                tracing::warn!(worker.id = %shared.id, name, count = ids.len(), %error,
-                    "could not extend leases; retrying soon");
-                tokio::time::sleep(backoff.delay(0)).await;
+                Ok(rows) if statement == sql::HIDE_TASKS => {
+                    // A run whose lease could not be extended is no longer
+                    // started: it was canceled or expired. This reaches the
+                    // handler even when the stop notification did not.
+                    let extended: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+                    for id in ids.iter().filter(|id| !extended.contains(id)) {
+                        shared.registry.cancel_running(&format!("t|{name}"), *id);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(worker.id = %shared.id, name, count = ids.len(), %error,
+                        "could not extend leases; retrying soon");
+                    tokio::time::sleep(backoff.delay(0)).await;
+                }
             }
         }
     }

@@ -168,6 +168,12 @@ async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> a
     );
     let double_add = Flow::new("quickstart_double_add").step(double).step(add);
 
+    // Definitions live in the database; creating them here means the runs
+    // below never depend on the worker having started first.
+    let client = Client::new(pool.clone());
+    client.create_task(&count_words::definition()).await?;
+    client.create_flow(double_add.definition()).await?;
+
     let shutdown = CancellationToken::new();
     let worker = Worker::new(pool.clone())
         .listen_url(url)
@@ -175,22 +181,12 @@ async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> a
         .flow(double_add);
     let worker = tokio::spawn(worker.start(shutdown.clone()));
 
-    let client = Client::new(pool);
     let email = Email {
         to: "ada@example.com".into(),
         subject: "your weekly digest is ready".into(),
     };
-    // The worker creates the definitions as it starts; wait until it has.
-    let run = loop {
-        match count_words::run(&client, &email).await {
-            Ok(run) => break run,
-            Err(error) if error.is_not_defined() => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
-    // The generated helper knows the output type: no annotation needed.
+    let run = count_words::run(&client, &email).await?;
+    // The generated helper returns a handle typed by the task's output.
     let receipt = tokio::time::timeout(Duration::from_secs(10), run.wait_for_output()).await??;
     println!(
         "task: run #{} counted {} words for {}",
@@ -199,18 +195,9 @@ async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> a
         receipt.to
     );
 
-    let flow_run = loop {
-        match client
-            .run_flow("quickstart_double_add", &10, RunFlowOpts::default())
-            .await
-        {
-            Ok(run) => break run,
-            Err(error) if error.is_not_defined() => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(error) => return Err(error.into()),
-        }
-    };
+    let flow_run = client
+        .run_flow("quickstart_double_add", &10, RunFlowOpts::default())
+        .await?;
     let output: i64 =
         tokio::time::timeout(Duration::from_secs(10), flow_run.typed().wait_for_output()).await??;
     println!("flow: double then add on 10 gave {output}");

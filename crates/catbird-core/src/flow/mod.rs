@@ -23,7 +23,7 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::names::validate_name;
-use crate::payload::JsonText;
+use crate::payload::{JsonText, check_text};
 use crate::poll::PollOpts;
 use crate::query::Query;
 use crate::sql;
@@ -590,9 +590,14 @@ impl<O: DeserializeOwned> FlowHandle<O> {
     ) -> Result<O, Error> {
         let poll = poll.normalized();
         loop {
-            let run = get_flow_run(executor, &self.flow, self.id).await?;
-            if run.is_done() {
-                return run.output_as();
+            match get_flow_run(executor, &self.flow, self.id).await {
+                Ok(run) if run.is_done() => return run.output_as(),
+                Ok(_) => {}
+                // A dropped connection does not end the wait.
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(flow = %self.flow, flow.run_id = self.id, %error, "retrying a failed wait");
+                }
+                Err(error) => return Err(error),
             }
             tokio::time::sleep(poll.poll_interval).await;
         }
@@ -714,6 +719,7 @@ pub fn run_flow_query<I: Serialize + ?Sized>(
     opts: RunFlowOpts,
 ) -> Result<Query, Error> {
     validate_name("flow", name)?;
+    check_text("concurrency key", opts.concurrency_key.as_deref())?;
     let input = JsonText::encode("flow input", input)?;
     let headers = opts
         .headers
@@ -784,6 +790,7 @@ pub async fn cancel_flow_run(
     reason: Option<&str>,
 ) -> Result<bool, Error> {
     validate_name("flow", flow)?;
+    check_text("cancel reason", reason)?;
     let row = executor
         .query_opt_row(sql::CANCEL_FLOW, &[&flow, &id, &reason])
         .await?;

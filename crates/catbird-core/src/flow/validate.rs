@@ -6,31 +6,29 @@ use std::collections::{HashMap, HashSet};
 use super::FlowDef;
 use crate::error::Error;
 use crate::names::validate_name;
+use crate::payload::check_text;
 
 fn invalid(flow: &str, message: String) -> Error {
     Error::InvalidArgument(format!("invalid flow \"{flow}\": {message}"))
 }
 
-/// The first path segment a condition reads: `input`, `signal` or a step.
-fn condition_root(condition: &str) -> Result<String, Error> {
-    // CONDITION-ROOT
-    let mut tokens = condition.split_whitespace();
-    let mut first = tokens.next().unwrap_or_default();
-    if first == "not" {
-        if let Some(next) = tokens.next() {
-            first = next;
-        }
-    }
-    Ok(first
-        .split(['.', '['])
-        .next()
-        .unwrap_or_default()
-        .to_owned())
+/// The first path segment a step's condition reads: `input`, `signal` or a
+/// step. A malformed condition is an error naming the flow and the step.
+fn condition_root(flow: &str, step: &str, condition: &str) -> Result<String, Error> {
+    crate::condition::Condition::parse(condition)
+        .map(|parsed| parsed.root().to_owned())
+        .map_err(|error| {
+            invalid(
+                flow,
+                format!("the condition of step \"{step}\" is invalid: {error}"),
+            )
+        })
 }
 
 pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
     let name = &flow.name;
     validate_name("flow", name)?;
+    check_text("description", flow.description.as_deref())?;
     if flow.steps.is_empty() {
         return Err(invalid(name, "a flow needs at least one step".to_owned()));
     }
@@ -38,6 +36,8 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
     let mut names = HashSet::new();
     for step in &flow.steps {
         validate_name("step", &step.name)?;
+        check_text("description", step.description.as_deref())?;
+        check_text("condition", step.condition.as_deref())?;
         if step.name == "input" || step.name == "signal" {
             return Err(invalid(
                 name,
@@ -109,7 +109,7 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
         }
 
         if let Some(condition) = step.condition.as_deref().filter(|c| !c.trim().is_empty()) {
-            let root = condition_root(condition)?;
+            let root = condition_root(name, &step.name, condition)?;
             let dependency = step
                 .depends_on
                 .iter()
@@ -389,6 +389,15 @@ mod tests {
             .step(StepDef::new("b").depends_on_optional("a"))
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn malformed_condition_names_the_flow_and_step() {
+        let error = error_of(FlowDef::new("f").step(StepDef::new("a").condition("not")));
+        assert!(
+            error.contains("invalid flow \"f\": the condition of step \"a\" is invalid"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::names::validate_name;
-use crate::payload::JsonText;
+use crate::payload::{JsonText, check_text};
 use crate::poll::PollOpts;
 use crate::query::Query;
 use crate::sql;
@@ -301,6 +301,7 @@ pub async fn create_queue(
     opts: CreateQueueOpts,
 ) -> Result<(), Error> {
     validate_name("queue", name)?;
+    check_text("description", opts.description.as_deref())?;
     executor
         .query_rows(
             sql::CREATE_QUEUE,
@@ -343,6 +344,8 @@ pub fn send_query<T: Serialize + ?Sized>(
     opts: SendOpts,
 ) -> Result<Query, Error> {
     validate_name("queue", queue)?;
+    check_text("topic", opts.topic.as_deref())?;
+    check_text("concurrency key", opts.concurrency_key.as_deref())?;
     let body = JsonText::encode("message body", body)?;
     let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
         Box::new(queue.to_owned()),
@@ -398,6 +401,10 @@ pub fn send_many_query<T: Serialize>(
         }
     }
 
+    check_text("topic", opts.topic.as_deref())?;
+    for key in opts.concurrency_keys.iter().flatten() {
+        check_text("concurrency key", key.as_deref())?;
+    }
     let bodies = bodies
         .iter()
         .map(|body| JsonText::encode("message body", body))
@@ -467,7 +474,11 @@ pub async fn read_poll(
     poll: PollOpts,
 ) -> Result<Vec<Message>, Error> {
     let poll = poll.normalized();
-    let deadline = tokio::time::Instant::now() + poll.poll_for;
+    let start = tokio::time::Instant::now();
+    // A wait too long to represent waits without end.
+    let deadline = start
+        .checked_add(poll.poll_for)
+        .unwrap_or(start + Duration::from_secs(100 * 365 * 24 * 3600));
     loop {
         let messages = read(executor, queue, quantity, hide_for).await?;
         let now = tokio::time::Instant::now();

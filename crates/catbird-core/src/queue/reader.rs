@@ -1,6 +1,9 @@
 //! [`Reader`]: a loop that reads a queue and hands each message to a handler.
 
 use std::fmt::Display;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -192,7 +195,9 @@ where
     /// `leased_at`, and extends the lease every `renew_every` from then on.
     async fn handle_one(&self, message: Message, leased_at: Instant, renew_every: Duration) {
         let id = message.id;
-        let handled = std::pin::pin!((self.handler)(message.clone()));
+        // A panicking handler is a failed handler: the loop goes on.
+        let handled =
+            std::pin::pin!(AssertUnwindSafe((self.handler)(message.clone())).catch_unwind());
         let mut handled = handled;
         // Extensions are counted from when the lease was set, not from the
         // handler's start: a message that waited almost half the lease would
@@ -215,15 +220,19 @@ where
         };
 
         match result {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 if let Err(error) = delete(&self.executor, &self.queue, id).await {
                     tracing::warn!(queue = %self.queue, message.id = id, %error,
                         "could not delete a handled message; it will be read again after its lease");
                 }
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::info!(queue = %self.queue, message.id = id, %error,
                     "handler failed; the message will be read again after its lease");
+            }
+            Err(_) => {
+                tracing::warn!(queue = %self.queue, message.id = id,
+                    "handler panicked; the message will be read again after its lease");
             }
         }
     }
