@@ -8,6 +8,7 @@
 //! tokens. `expand` generates the items, or a stand-in when the function
 //! cannot make a task.
 
+mod common;
 mod duration;
 mod errors;
 mod suggest;
