@@ -280,6 +280,16 @@ impl StepHandler {
         &self.definition.name
     }
 
+    /// The step's definition.
+    pub fn definition(&self) -> &StepDef {
+        &self.definition
+    }
+
+    /// The handler's options.
+    pub fn options(&self) -> &HandlerOpts {
+        &self.opts
+    }
+
     /// Replaces all handler options.
     pub fn options_with(mut self, opts: HandlerOpts) -> Self {
         self.opts = opts;
@@ -289,6 +299,12 @@ impl StepHandler {
     /// Sets the maximum number of simultaneous executions in one worker.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.opts.concurrency = concurrency;
+        self
+    }
+
+    /// Sets the maximum number of step runs claimed at once.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.opts.batch_size = batch_size;
         self
     }
 
