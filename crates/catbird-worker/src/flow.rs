@@ -334,7 +334,12 @@ impl StepHandler {
 }
 
 /// Converts into a [`StepHandler`]. `#[catbird::step]` implements it for the
-/// type it generates.
+/// type it generates, so `Flow::step(validate)` works.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step handler",
+    label = "expected a step handler",
+    note = "pass a `StepHandler`, a `StepDef`, or an `async fn` annotated with `#[catbird::step]`"
+)]
 pub trait IntoStepHandler {
     /// The handler.
     fn into_step_handler(self) -> StepHandler;
