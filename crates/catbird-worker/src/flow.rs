@@ -357,6 +357,34 @@ impl IntoStepHandler for StepDef {
     }
 }
 
+/// The argument of the function that `#[catbird::step]` generates next to
+/// a step's struct, under the step function's name.
+///
+/// Parameters are named after the steps they depend on, and a local binding
+/// cannot shadow a unit struct, so the step's struct has braces and lives in
+/// the type namespace only. In the value namespace the step's name is a
+/// function `fn(StepToken) -> Step`, which a binding can shadow, and which
+/// `Flow::step` takes through the impl below.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StepToken(());
+
+// NOTE: because of this impl, a plain `async fn` passed to `Flow::step`
+// reports that its signature is not `fn(StepToken) -> _` (E0631), not the
+// note of `IntoStepHandler`. rustc reports a function's signature mismatch
+// before it looks at `#[diagnostic::do_not_recommend]`, so that attribute
+// does not help here; the docs of `#[catbird::step]` say what the message
+// means.
+impl<F, S> IntoStepHandler for F
+where
+    F: FnOnce(StepToken) -> S,
+    S: IntoStepHandler,
+{
+    fn into_step_handler(self) -> StepHandler {
+        self(StepToken(())).into_step_handler()
+    }
+}
+
 /// What a flow on-fail handler learns about the run that failed.
 #[derive(Clone)]
 pub struct FlowFailure {
