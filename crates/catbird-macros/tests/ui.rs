@@ -12,4 +12,6 @@ fn ui() {
     let cases = trybuild::TestCases::new();
     cases.pass("tests/ui/task/pass/*.rs");
     cases.compile_fail("tests/ui/task/fail/*.rs");
+    cases.pass("tests/ui/step/pass/*.rs");
+    cases.compile_fail("tests/ui/step/fail/*.rs");
 }
