@@ -11,6 +11,7 @@ mod queue_reader;
 mod queue_wakeups;
 mod queues;
 mod sql_api;
+mod step_macro;
 mod task_cancel;
 mod task_macro;
 mod task_on_fail;
