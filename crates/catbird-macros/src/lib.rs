@@ -7,8 +7,8 @@
 //! `parse` turns the arguments and the function into a model that keeps the
 //! user's tokens. `validate` finds every problem and reports each at its
 //! tokens. `expand` generates the items, or a stand-in when the function
-//! cannot make a task or a step. `common` holds what both macros share,
-//! stage by stage.
+//! cannot make a task or a step. `common` contains the parts of each stage
+//! that both macros share.
 
 mod common;
 mod duration;

@@ -373,8 +373,7 @@ pub struct StepToken(());
 // reports that its signature is not `fn(StepToken) -> _` (E0631), not the
 // note of `IntoStepHandler`. rustc reports a function's signature mismatch
 // before it looks at `#[diagnostic::do_not_recommend]`, so that attribute
-// does not help here; the docs of `#[catbird::step]` say what the message
-// means.
+// does not help here. The docs of `#[catbird::step]` explain the message.
 impl<F, S> IntoStepHandler for F
 where
     F: FnOnce(StepToken) -> S,

@@ -54,8 +54,8 @@ mod worker;
 pub use backoff::{BackoffStrategy, FullJitter};
 pub use breaker::{CircuitBreaker, CircuitBreakerStrategy};
 pub use flow::{
-    Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, StepToken,
-    cancel_flow, complete_early,
+    Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, StepToken, cancel_flow,
+    complete_early,
 };
 pub use options::HandlerOpts;
 pub use task::{IntoTaskHandler, TaskContext, TaskFailure, TaskHandler, cancel};

@@ -100,8 +100,8 @@ pub mod __private {
     /// print `anyhow::Error` as `catbird::__private::anyhow::Error`.
     pub type AnyError = anyhow::Error;
 
-    /// What `#[catbird::step]` tells the steps that depend on a step by
-    /// its path: its name and its output type.
+    /// The name and output type of a step, which `#[catbird::step]` reads
+    /// for the steps that depend on it by path.
     #[diagnostic::on_unimplemented(
         message = "`{Self}` is not a step defined with `#[catbird::step]`",
         label = "not a `#[catbird::step]` function",
@@ -153,8 +153,8 @@ pub mod __private {
         const CHECK: () = ();
     }
 
-    // Report the parameter's `Required<S>`, whose message says what to
-    // write, rather than `S: Unconditional`.
+    // Report the parameter's missing `Required<S>`, whose message shows what
+    // to write, rather than the missing `S: Unconditional`.
     #[diagnostic::do_not_recommend]
     impl<T: ?Sized, S: Unconditional + ?Sized> Required<S> for T {}
 

@@ -1,5 +1,5 @@
-//! What `#[catbird::task]` and `#[catbird::step]` share, stage by stage:
-//! option parsing (`parse`), checks (`validate`) and code generation helpers
+//! The stages that `#[catbird::task]` and `#[catbird::step]` share: option
+//! parsing (`parse`), checks (`validate`) and code generation helpers
 //! (`expand`).
 
 pub(crate) mod expand;
@@ -16,7 +16,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    /// What the macro defines: "task" or "step".
+    /// Returns the noun for what the macro defines: "task" or "step".
     pub(crate) fn noun(self) -> &'static str {
         match self {
             Kind::Task => "task",
@@ -24,7 +24,7 @@ impl Kind {
         }
     }
 
-    /// The attribute, as users write it.
+    /// Returns the attribute as users write it.
     pub(crate) fn attribute(self) -> &'static str {
         match self {
             Kind::Task => "#[catbird::task]",

@@ -71,8 +71,8 @@ pub(crate) fn crate_path(krate: Option<&Opt<LitStr>>, errors: &mut Errors) -> Pa
     parsed.unwrap_or_else(|| syn::parse_quote!(::catbird))
 }
 
-/// Why a name breaks catbird's naming rule, and the name to write instead
-/// when one is obvious.
+/// The reason a name breaks catbird's naming rule, and the name to write
+/// instead when one is obvious.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct NameProblem {
     pub(crate) reason: String,
@@ -80,8 +80,8 @@ pub(crate) struct NameProblem {
 }
 
 impl NameProblem {
-    /// The reason, followed by what to write when there is a fix; `write`
-    /// shows the fixed name in the tokens that hold it.
+    /// Formats the reason, followed by what to write when there is a fix.
+    /// `write` puts the fixed name in the tokens that contain it.
     pub(crate) fn message(&self, write: impl FnOnce(&str) -> String) -> String {
         match &self.fixed {
             Some(fixed) => format!("{}; write `{}`", self.reason, write(fixed)),
@@ -410,7 +410,7 @@ pub(crate) fn check_output(sig: &Signature, kind: Kind, errors: &mut Errors) -> 
     }
 }
 
-/// The owned type to suggest for a parameter taken by reference.
+/// Returns the owned type to suggest for a parameter taken by reference.
 pub(crate) fn owned_form(reference: &syn::TypeReference) -> String {
     match &*reference.elem {
         Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),

@@ -1,8 +1,9 @@
 //! Stage 3: generates the step's struct with its associated items and its
-//! `IntoStepHandler` impl, the function that stands for the step in the
-//! value namespace, and the compile-time checks of its path dependencies;
-//! or a stand-in when the signature or the dependencies cannot make a step,
-//! so that uses elsewhere still compile and only the real problems show.
+//! `IntoStepHandler` impl, the function that is the step in the value
+//! namespace, and the compile-time checks of its path dependencies. When the
+//! signature or the dependencies cannot make a step, it generates a
+//! stand-in instead, so that uses elsewhere still compile and only the real
+//! problems show.
 //!
 //! Generated code names everything through `<crate>::__private`, so it works
 //! wherever the user's crate has `catbird` (or the `crate = "..."` path), and
@@ -78,7 +79,7 @@ fn struct_docs(step: &Step, attrs: &Attrs<'_>) -> TokenStream {
     quote!(#(#docs)* #generated)
 }
 
-/// The function that stands for the step in the value namespace, so that
+/// Generates the function that is the step in the value namespace, so that
 /// `Flow::step(validate)` works while other steps name their parameters
 /// `validate` (see `StepToken`).
 fn marker_fn(worker: &TokenStream, step: &Step) -> TokenStream {
@@ -93,8 +94,9 @@ fn marker_fn(worker: &TokenStream, step: &Step) -> TokenStream {
     }
 }
 
-/// The expression of a dependency's name: the string, or the `NAME` of the
-/// step at the path, checked there to be a `#[catbird::step]`.
+/// Returns the expression of a dependency's name: the string, or the `NAME`
+/// of the step at the path, which also checks that the path names a
+/// `#[catbird::step]`.
 fn dependency_name(private: &TokenStream, step: &StepRef) -> TokenStream {
     match step {
         StepRef::Name(name) => name.to_token_stream(),
@@ -102,7 +104,7 @@ fn dependency_name(private: &TokenStream, step: &StepRef) -> TokenStream {
     }
 }
 
-/// The body of `definition()`.
+/// Builds the body of `definition()`.
 fn definition_body(private: &TokenStream, step: &Step) -> TokenStream {
     let core = quote!(#private::catbird_core);
     let description = step
@@ -141,10 +143,10 @@ fn definition_body(private: &TokenStream, step: &Step) -> TokenStream {
     }
 }
 
-/// The compile-time checks of the path dependencies that a parameter
-/// receives: the dependency's output type is the parameter's, and a
-/// dependency with a condition is optional. Both are reported at the
-/// parameter's type.
+/// Generates the compile-time checks of the path dependencies that a
+/// parameter receives. The dependency's output type must be the parameter's,
+/// and a dependency with a condition must be optional. Both are reported at
+/// the parameter's type.
 fn dependency_checks(
     private: &TokenStream,
     cfgs: &[&syn::Attribute],
@@ -187,8 +189,8 @@ fn dependency_checks(
     checks
 }
 
-/// `<path as Step>::item`, a type even when the path names a function, with
-/// the path's own spans and the rest at `span`.
+/// Builds `<path as Step>::item`, which is a type even when the path names a
+/// function, with the path's own spans and the rest at `span`.
 fn step_item(private: &TokenStream, path: &syn::Path, item: &str, span: Span) -> TokenStream {
     let trait_path = respan(quote!(#private::Step), span);
     let item = syn::Ident::new(item, span);
@@ -334,7 +336,7 @@ fn full(step: &Step, io: &Io) -> TokenStream {
                     #handler_calls
             }
 
-            /// Decodes the arguments and calls the function; a decoding
+            /// Decodes the arguments and calls the function. A decoding
             /// failure fails the attempt.
             #[allow(dead_code)]
             async fn __catbird_execute(

@@ -57,8 +57,8 @@ pub(crate) enum StepRef {
 }
 
 impl StepRef {
-    /// The name of the parameter that receives the step's output: the
-    /// string, or the path's last segment.
+    /// Returns the name of the parameter that receives the step's output:
+    /// the string, or the path's last segment.
     pub(crate) fn key(&self) -> String {
         match self {
             StepRef::Name(name) => name.value(),
@@ -70,8 +70,8 @@ impl StepRef {
         }
     }
 
-    /// The reference as the user would write it in a list: `"validate"` or
-    /// `validate`.
+    /// Formats the reference as the user would write it in a list:
+    /// `"validate"` or `validate`.
     pub(crate) fn written(&self) -> String {
         match self {
             StepRef::Name(name) => format!("\"{}\"", name.value()),

@@ -24,7 +24,7 @@ pub(crate) const RESERVED_NAMES: &[(&str, &str)] = &[
     ("signal", "conditions use `signal.*` for the signal input"),
 ];
 
-/// What to write for a step that does not read the flow input.
+/// The parameter to write for a step that does not read the flow input.
 const IGNORE_INPUT: &str = "_: serde::de::IgnoredAny";
 
 /// A checked step definition, ready to expand.
@@ -42,9 +42,9 @@ pub(crate) struct Step {
     pub(crate) dependencies: Vec<Dependency>,
     /// The function as written.
     pub(crate) function: Function,
-    /// What each parameter receives, and the output; `None` when the
-    /// signature or the dependencies cannot make a step, and only a
-    /// stand-in is generated.
+    /// The parameters, by what they receive, and the output. `None` when the
+    /// signature or the dependencies cannot make a step, so only a stand-in
+    /// is generated.
     pub(crate) io: Option<Io>,
 }
 
@@ -70,14 +70,14 @@ pub(crate) struct Io {
     pub(crate) output: Output,
 }
 
-/// What a parameter receives.
+/// The value a parameter receives.
 pub(crate) enum Param {
     /// The flow input, of this type.
     Input(Type),
     /// The signal input, of this type.
     Signal(Type),
-    /// The output of `dependencies[index]`, of type `ty`; in an `Option`
-    /// when `optional`.
+    /// The output of `dependencies[index]`, of type `ty`, wrapped in an
+    /// `Option` when `optional`.
     Dependency {
         index: usize,
         ty: Type,
@@ -408,8 +408,8 @@ impl Matcher<'_> {
         }
     }
 
-    /// Matches a parameter after the flow input. `second` tells whether it
-    /// comes right after the input, and `last` whether it comes last.
+    /// Matches a parameter after the flow input. `second` is true when it
+    /// comes right after the input, and `last` when it comes last.
     fn param(&mut self, param: &PatType, second: bool, last: bool, errors: &mut Errors) {
         if let Some(attr) = signal_attr(&param.attrs) {
             self.signal_param(param, attr, second, errors);
@@ -614,7 +614,8 @@ impl Matcher<'_> {
         }
     }
 
-    /// The dependency whose output a parameter named by `pat` receives.
+    /// Finds the dependency whose output a parameter named by `pat`
+    /// receives.
     fn dependency_named(&self, pat: &Pat) -> Option<usize> {
         let Pat::Ident(pat) = pat else {
             return None;
@@ -626,7 +627,7 @@ impl Matcher<'_> {
     }
 }
 
-/// The `#[signal]` attribute among a parameter's attributes.
+/// Finds the `#[signal]` attribute among a parameter's attributes.
 fn signal_attr(attrs: &[Attribute]) -> Option<&Attribute> {
     attrs.iter().find(|attr| attr.path().is_ident("signal"))
 }
@@ -660,7 +661,8 @@ fn owned(ty: &Type, what: &str, errors: &mut Errors) -> Option<Type> {
     }
 }
 
-/// The `T` of a type spelt `Option<T>` (or with a path to `Option`).
+/// Returns the `T` of a type spelt `Option<T>` (or with a path to
+/// `Option`).
 pub(crate) fn option_inner(ty: &Type) -> Option<&Type> {
     match ty {
         Type::Paren(inner) => option_inner(&inner.elem),
