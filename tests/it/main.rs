@@ -21,6 +21,7 @@ mod queue_wakeups;
 mod queues;
 mod robustness;
 mod sql_api;
+mod step_macro;
 mod task_cancel;
 mod task_macro;
 mod task_on_fail;

@@ -1,6 +1,7 @@
-//! Compile tests of the macros. Every `fail` case is one mistake, named
-//! after it, with the compiler's output pinned in its `.stderr` file. Every
-//! `pass` case compiles a representative use under `#![deny(warnings)]`.
+//! Compile tests of the macros, one folder per macro. Every `fail` case is
+//! one mistake, named after it, with the compiler's output pinned in its
+//! `.stderr` file. Every `pass` case compiles a representative use under
+//! `#![deny(warnings)]`.
 //!
 //! Regenerate the snapshots with `TRYBUILD=overwrite cargo test -p
 //! catbird-macros --test ui`, then read every changed one: the messages are
@@ -9,6 +10,8 @@
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();
-    cases.pass("tests/ui/pass/*.rs");
-    cases.compile_fail("tests/ui/fail/*.rs");
+    cases.pass("tests/ui/task/pass/*.rs");
+    cases.compile_fail("tests/ui/task/fail/*.rs");
+    cases.pass("tests/ui/step/pass/*.rs");
+    cases.compile_fail("tests/ui/step/fail/*.rs");
 }

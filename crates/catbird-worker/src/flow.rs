@@ -280,6 +280,16 @@ impl StepHandler {
         &self.definition.name
     }
 
+    /// The step's definition.
+    pub fn definition(&self) -> &StepDef {
+        &self.definition
+    }
+
+    /// The handler's options.
+    pub fn options(&self) -> &HandlerOpts {
+        &self.opts
+    }
+
     /// Replaces all handler options.
     pub fn options_with(mut self, opts: HandlerOpts) -> Self {
         self.opts = opts;
@@ -289,6 +299,12 @@ impl StepHandler {
     /// Sets the maximum number of simultaneous executions in one worker.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.opts.concurrency = concurrency;
+        self
+    }
+
+    /// Sets the maximum number of step runs claimed at once.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.opts.batch_size = batch_size;
         self
     }
 
@@ -318,7 +334,12 @@ impl StepHandler {
 }
 
 /// Converts into a [`StepHandler`]. `#[catbird::step]` implements it for the
-/// type it generates.
+/// type it generates, so `Flow::step(validate)` works.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step handler",
+    label = "expected a step handler",
+    note = "pass a `StepHandler`, a `StepDef`, or an `async fn` annotated with `#[catbird::step]`"
+)]
 pub trait IntoStepHandler {
     /// The handler.
     fn into_step_handler(self) -> StepHandler;
@@ -333,6 +354,33 @@ impl IntoStepHandler for StepHandler {
 impl IntoStepHandler for StepDef {
     fn into_step_handler(self) -> StepHandler {
         StepHandler::definition_only(self)
+    }
+}
+
+/// The argument of the function that `#[catbird::step]` generates next to
+/// a step's struct, under the step function's name.
+///
+/// Parameters are named after the steps they depend on, and a local binding
+/// cannot shadow a unit struct, so the step's struct has braces and lives in
+/// the type namespace only. In the value namespace the step's name is a
+/// function `fn(StepToken) -> Step`, which a binding can shadow, and which
+/// `Flow::step` takes through the impl below.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StepToken(());
+
+// NOTE: because of this impl, a plain `async fn` passed to `Flow::step`
+// reports that its signature is not `fn(StepToken) -> _` (E0631), not the
+// note of `IntoStepHandler`. rustc reports a function's signature mismatch
+// before it looks at `#[diagnostic::do_not_recommend]`, so that attribute
+// does not help here. The docs of `#[catbird::step]` explain the message.
+impl<F, S> IntoStepHandler for F
+where
+    F: FnOnce(StepToken) -> S,
+    S: IntoStepHandler,
+{
+    fn into_step_handler(self) -> StepHandler {
+        self(StepToken(())).into_step_handler()
     }
 }
 

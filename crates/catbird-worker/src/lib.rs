@@ -54,7 +54,7 @@ mod worker;
 pub use backoff::{BackoffStrategy, FullJitter};
 pub use breaker::{CircuitBreaker, CircuitBreakerStrategy};
 pub use flow::{
-    Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, cancel_flow,
+    Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, StepToken, cancel_flow,
     complete_early,
 };
 pub use options::HandlerOpts;

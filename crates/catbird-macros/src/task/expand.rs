@@ -6,13 +6,17 @@
 //! wherever the user's crate has `catbird` (or the `crate = "..."` path), and
 //! a user's `Result` alias or `Option` type cannot change its meaning.
 
-use proc_macro2::{Literal, Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, Ident, ReturnType, Type};
+use syn::{FnArg, ReturnType, Type};
 
-use super::parse::TaskFn;
-use super::validate::{Context, HandlerOpts, Io, Task, Value, result_types};
+use super::validate::{Io, Task};
+use crate::common::Kind;
+use crate::common::expand::{
+    Attrs, call_fn, doc_lines, duration_tokens, option_calls, original, respan,
+};
+use crate::common::validate::{Context, result_types};
 
 /// The tokens that replace the annotated function.
 pub(crate) fn expand(task: &Task) -> TokenStream {
@@ -30,76 +34,6 @@ pub(crate) fn expand(task: &Task) -> TokenStream {
     match &task.io {
         Some(io) => full(task, io),
         None => stand_in(task),
-    }
-}
-
-/// The function exactly as written.
-fn original(function: &TaskFn) -> TokenStream {
-    let TaskFn {
-        attrs,
-        vis,
-        sig,
-        body,
-    } = function;
-    quote!(#(#attrs)* #vis #sig #body)
-}
-
-/// The function's attributes, by where they go.
-struct Attrs<'a> {
-    /// `#[doc]`: on the struct and on `call`.
-    docs: Vec<&'a Attribute>,
-    /// `#[cfg]`: on every generated item.
-    cfgs: Vec<&'a Attribute>,
-    /// Everything else (`#[tracing::instrument]`, lints, ...): on `call`.
-    others: Vec<&'a Attribute>,
-}
-
-impl<'a> Attrs<'a> {
-    fn split(attrs: &'a [Attribute]) -> Self {
-        let mut split = Attrs {
-            docs: Vec::new(),
-            cfgs: Vec::new(),
-            others: Vec::new(),
-        };
-        for attr in attrs {
-            if attr.path().is_ident("doc") {
-                split.docs.push(attr);
-            } else if attr.path().is_ident("cfg") {
-                split.cfgs.push(attr);
-            } else {
-                split.others.push(attr);
-            }
-        }
-        split
-    }
-}
-
-/// `#[doc = "..."]` lines, with a blank line first when `after_docs`.
-fn doc_lines(after_docs: bool, lines: &[String]) -> TokenStream {
-    let blank = after_docs.then(|| quote!(#[doc = ""]));
-    quote!(#blank #(#[doc = #lines])*)
-}
-
-/// The user's function, renamed `call`, with its attributes and body.
-fn call_fn(task: &Task, attrs: &Attrs<'_>) -> TokenStream {
-    let TaskFn { vis, sig, body, .. } = &task.function;
-    let ident = &sig.ident;
-    let mut sig = sig.clone();
-    sig.ident = Ident::new("call", ident.span());
-    let docs = &attrs.docs;
-    let others = &attrs.others;
-    let note = doc_lines(
-        !docs.is_empty(),
-        &[format!(
-            "The function as written under `#[catbird::task]`: `{ident}::call(...)` \
-             runs it directly, outside catbird."
-        )],
-    );
-    quote! {
-        #(#docs)*
-        #note
-        #(#others)*
-        #vis #sig #body
     }
 }
 
@@ -122,51 +56,6 @@ fn struct_docs(task: &Task, attrs: &Attrs<'_>) -> TokenStream {
         ],
     );
     quote!(#(#docs)* #generated)
-}
-
-fn duration_tokens(private: &TokenStream, duration: &Value<std::time::Duration>) -> TokenStream {
-    let millis = u64::try_from(duration.value.as_millis()).unwrap_or(u64::MAX);
-    let mut millis = Literal::u64_unsuffixed(millis);
-    millis.set_span(duration.span);
-    quote!(#private::Duration::from_millis(#millis))
-}
-
-fn integer_tokens(value: &Value<u64>) -> Literal {
-    let mut literal = Literal::u64_unsuffixed(value.value);
-    literal.set_span(value.span);
-    literal
-}
-
-/// The builder calls that apply `opts`; `TaskHandler` and `HandlerOpts`
-/// share these method names.
-fn option_calls(private: &TokenStream, opts: &HandlerOpts) -> TokenStream {
-    let mut calls = TokenStream::new();
-    if let Some(concurrency) = &opts.concurrency {
-        let concurrency = integer_tokens(concurrency);
-        calls.extend(quote!(.concurrency(#concurrency)));
-    }
-    if let Some(batch_size) = &opts.batch_size {
-        let batch_size = integer_tokens(batch_size);
-        calls.extend(quote!(.batch_size(#batch_size)));
-    }
-    if let Some(timeout) = &opts.timeout {
-        let timeout = duration_tokens(private, timeout);
-        calls.extend(quote!(.timeout(#timeout)));
-    }
-    if let Some(max_retries) = &opts.max_retries {
-        let max_retries = integer_tokens(max_retries);
-        calls.extend(quote!(.max_retries(#max_retries)));
-    }
-    if let Some((min, max)) = &opts.backoff {
-        let (min, max) = (duration_tokens(private, min), duration_tokens(private, max));
-        calls.extend(quote!(.backoff(#min, #max)));
-    }
-    if let Some((threshold, open_timeout)) = &opts.circuit_breaker {
-        let threshold = integer_tokens(threshold);
-        let open_timeout = duration_tokens(private, open_timeout);
-        calls.extend(quote!(.circuit_breaker(#threshold, #open_timeout)));
-    }
-    calls
 }
 
 /// Builds the calls that set the definition's description, condition and
@@ -200,7 +89,7 @@ fn full(task: &Task, io: &Io) -> TokenStream {
     let attrs = Attrs::split(&function.attrs);
     let cfgs = &attrs.cfgs;
     let struct_docs = struct_docs(task, &attrs);
-    let call = call_fn(task, &attrs);
+    let call = call_fn(&task.function, &task.function.sig, &attrs, Kind::Task);
 
     // The types are the user's tokens, so a missing trait is reported at the
     // parameter or return type that needs it. A return type spelt as an
@@ -383,7 +272,7 @@ fn stand_in(task: &Task) -> TokenStream {
     let attrs = Attrs::split(&function.attrs);
     let cfgs = &attrs.cfgs;
     let struct_docs = struct_docs(task, &attrs);
-    let call = call_fn(task, &attrs);
+    let call = call_fn(&task.function, &task.function.sig, &attrs, Kind::Task);
 
     let input = format_ident!("__CatbirdInput");
     let known_output = match &function.sig.output {
@@ -452,24 +341,6 @@ fn stand_in(task: &Task) -> TokenStream {
             }
         }
     }
-}
-
-/// `tokens` with every span set to `span`, so that rustc reports problems
-/// with them at `span`.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let proc_macro2::TokenTree::Group(group) = &token {
-                let mut respanned =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                respanned.set_span(span);
-                token = respanned.into();
-            }
-            token.set_span(span);
-            token
-        })
-        .collect()
 }
 
 /// Checks whether `ty` names one of the function's generic parameters or a

@@ -7,13 +7,15 @@ mod validate;
 use proc_macro2::TokenStream;
 use quote::quote;
 
+use crate::common::Kind;
+use crate::common::parse::Function;
 use crate::errors::Errors;
 
 /// Expands `#[catbird::task(args)]` on `item`. Every problem becomes a
 /// `compile_error!` at its span, next to an expansion that keeps the user's
 /// function, so call sites do not report errors of their own.
 pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
-    let function: parse::TaskFn = match syn::parse2(item.clone()) {
+    let function = match Function::parse(item.clone(), Kind::Task) {
         Ok(function) => function,
         Err(error) => {
             let error = error.to_compile_error();

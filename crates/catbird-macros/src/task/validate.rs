@@ -4,17 +4,21 @@
 
 use std::time::Duration;
 
-use proc_macro2::Span;
 use syn::ext::IdentExt;
-use syn::{FnArg, GenericArgument, Ident, LitInt, LitStr, Path, PathArguments, ReturnType, Type};
+use syn::{FnArg, Ident, LitStr, Path, Type};
 
-use super::parse::{HandlerArgs, Opt, TaskArgs, TaskFn};
-use crate::duration::parse_duration;
+use super::parse::TaskArgs;
+use crate::common::Kind;
+use crate::common::parse::{Function, Opt};
+use crate::common::validate::{
+    Context, HandlerOpts, Output, Value, check_modifiers, check_name, check_output, context_kind,
+    crate_path, doc_summary, duration, handler_opts, is_context, owned_form,
+};
 use crate::errors::Errors;
 
-/// The maximum length of a task name, because catbird stores runs in a
-/// table named after the task.
-const MAX_NAME_LEN: usize = 58;
+/// The names a task cannot take, with the reason.
+pub(crate) const RESERVED_NAMES: &[(&str, &str)] =
+    &[("input", "conditions use it for the run input")];
 
 /// A checked task definition, ready to expand.
 pub(crate) struct Task {
@@ -28,28 +32,10 @@ pub(crate) struct Task {
     pub(crate) handler: HandlerOpts,
     pub(crate) on_fail: Option<OnFail>,
     /// The function as written.
-    pub(crate) function: TaskFn,
+    pub(crate) function: Function,
     /// The function's input, context and output; `None` when its signature
     /// cannot make a task, and only a stand-in is generated.
     pub(crate) io: Option<Io>,
-}
-
-/// A checked value with the span of the tokens it came from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Value<T> {
-    pub(crate) value: T,
-    pub(crate) span: Span,
-}
-
-/// Checked handler options; `None` keeps the worker's default.
-#[derive(Debug, Default)]
-pub(crate) struct HandlerOpts {
-    pub(crate) concurrency: Option<Value<u64>>,
-    pub(crate) batch_size: Option<Value<u64>>,
-    pub(crate) timeout: Option<Value<Duration>>,
-    pub(crate) max_retries: Option<Value<u64>>,
-    pub(crate) backoff: Option<(Value<Duration>, Value<Duration>)>,
-    pub(crate) circuit_breaker: Option<(Value<u64>, Value<Duration>)>,
 }
 
 /// The on-fail handler: a function path, and options when some were given.
@@ -68,35 +54,11 @@ pub(crate) struct Io {
     pub(crate) output: Output,
 }
 
-/// The form of the context parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Context {
-    /// `ctx: &TaskContext`.
-    Borrowed,
-    /// `ctx: TaskContext`.
-    Owned,
-}
-
-/// The function's return type and, when it is spelt `Result<T, E>` or
-/// `some::Result<T>`, the types it holds.
-pub(crate) struct Output {
-    pub(crate) ty: Type,
-    /// `T` of `Result<T, ...>`.
-    pub(crate) ok: Option<Type>,
-    /// `E` of `Result<T, E>`.
-    pub(crate) err: Option<Type>,
-}
-
 /// Checks `args` and `function`, recording every problem in `errors`.
 /// Always returns a model: invalid options are left out of it, and an
 /// invalid signature leaves `io` empty.
-pub(crate) fn validate(args: TaskArgs, function: TaskFn, errors: &mut Errors) -> Task {
-    let krate = args
-        .krate
-        .as_ref()
-        .and_then(|krate| crate_path(&krate.value, errors))
-        .unwrap_or_else(|| syn::parse_quote!(::catbird));
-
+pub(crate) fn validate(args: TaskArgs, function: Function, errors: &mut Errors) -> Task {
+    let krate = crate_path(args.krate.as_ref(), errors);
     let name = task_name(args.name.as_ref(), &function.sig.ident, errors);
     let description = match &args.description {
         Some(description) => Some(description.value.value()),
@@ -111,13 +73,13 @@ pub(crate) fn validate(args: TaskArgs, function: TaskFn, errors: &mut Errors) ->
         .as_ref()
         .and_then(|retention| duration(&retention.value, errors));
 
-    let handler = handler_opts(&args.handler, errors);
+    let handler = handler_opts(&args.handler, Kind::Task, errors);
     let on_fail = args.on_fail.and_then(|on_fail| {
         let options = on_fail
             .value
             .options
             .as_ref()
-            .map(|options| handler_opts(options, errors));
+            .map(|options| handler_opts(options, Kind::Task, errors));
         match on_fail.value.handler {
             Some(handler) => Some(OnFail {
                 handler: handler.value,
@@ -149,19 +111,6 @@ pub(crate) fn validate(args: TaskArgs, function: TaskFn, errors: &mut Errors) ->
     }
 }
 
-fn crate_path(literal: &LitStr, errors: &mut Errors) -> Option<Path> {
-    match literal.parse_with(Path::parse_mod_style) {
-        Ok(path) => Some(path),
-        Err(_) => {
-            errors.at(
-                literal,
-                "`crate` takes the path of the catbird crate: write `crate = \"my_crate::catbird\"`",
-            );
-            None
-        }
-    }
-}
-
 /// Returns the task's name, `name = "..."` or the function's name, after
 /// checking it against catbird's naming rule.
 fn task_name(explicit: Option<&Opt<LitStr>>, ident: &Ident, errors: &mut Errors) -> String {
@@ -173,7 +122,8 @@ fn task_name(explicit: Option<&Opt<LitStr>>, ident: &Ident, errors: &mut Errors)
             " (the function's name)",
         ),
     };
-    if let Err(problem) = check_name(&name) {
+    if let Err(problem) = check_name(Kind::Task, &name, RESERVED_NAMES) {
+        let problem = problem.message(|fixed| format!("name = \"{fixed}\""));
         errors.at_span(
             span,
             format_args!("invalid task name `{name}`{origin}: {problem}"),
@@ -182,265 +132,14 @@ fn task_name(explicit: Option<&Opt<LitStr>>, ident: &Ident, errors: &mut Errors)
     name
 }
 
-/// Checks catbird's naming rule: 1 to 58 characters of `a-z`, `0-9` and
-/// `_`, and `input` is reserved. The error completes "invalid task name: ".
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("a task name must not be empty".to_owned());
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "a task name has at most {MAX_NAME_LEN} characters, this one has {}",
-            name.len()
-        ));
-    }
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
-    if !name.chars().all(allowed) {
-        let mut fixed = String::new();
-        let mut previous = '_';
-        for c in name.chars() {
-            match c {
-                '-' | ' ' | '.' => fixed.push('_'),
-                c if c.is_ascii_uppercase() => {
-                    if previous.is_ascii_lowercase() || previous.is_ascii_digit() {
-                        fixed.push('_');
-                    }
-                    fixed.push(c.to_ascii_lowercase());
-                }
-                c => fixed.push(c),
-            }
-            previous = c;
-        }
-        let suggestion = if fixed.chars().all(allowed) && fixed != "input" {
-            format!("; write `name = \"{fixed}\"`")
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "a task name may only contain a-z, 0-9 and _{suggestion}"
-        ));
-    }
-    if name == "input" {
-        return Err(
-            "`input` is reserved (conditions use it for the run input); choose another name"
-                .to_owned(),
-        );
-    }
-    Ok(())
-}
-
-/// Returns the first paragraph of the doc comment, lines joined by spaces.
-fn doc_summary(attrs: &[syn::Attribute]) -> Option<String> {
-    let mut lines = Vec::new();
-    for attr in attrs {
-        if !attr.path().is_ident("doc") {
-            continue;
-        }
-        let syn::Meta::NameValue(doc) = &attr.meta else {
-            continue;
-        };
-        let syn::Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Str(text),
-            ..
-        }) = &doc.value
-        else {
-            continue;
-        };
-        lines.extend(text.value().split('\n').map(|line| line.trim().to_owned()));
-    }
-    let summary = lines
-        .iter()
-        .skip_while(|line| line.is_empty())
-        .take_while(|line| !line.is_empty())
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(" ");
-    (!summary.is_empty()).then_some(summary)
-}
-
-fn duration(literal: &LitStr, errors: &mut Errors) -> Option<Value<Duration>> {
-    match parse_duration(&literal.value()) {
-        Ok(value) => Some(Value {
-            value,
-            span: literal.span(),
-        }),
-        Err(problem) => {
-            errors.at(
-                literal,
-                format_args!(
-                    "invalid duration \"{}\": {problem}; write a whole number and a unit \
-                     (ms, s, m, h or d), like \"500ms\", \"30s\" or \"1h30m\"",
-                    literal.value()
-                ),
-            );
-            None
-        }
-    }
-}
-
-fn integer(literal: &LitInt, max: u64, errors: &mut Errors) -> Option<Value<u64>> {
-    match literal.base10_parse::<u64>() {
-        Ok(value) if value <= max => Some(Value {
-            value,
-            span: literal.span(),
-        }),
-        _ => {
-            errors.at(literal, format_args!("expected an integer from 0 to {max}"));
-            None
-        }
-    }
-}
-
-/// Checks an integer that must be at least 1. `meaning` explains the option
-/// in the error.
-fn positive(opt: &Opt<LitInt>, max: u64, meaning: &str, errors: &mut Errors) -> Option<Value<u64>> {
-    let value = integer(&opt.value, max, errors)?;
-    if value.value == 0 {
-        errors.at(
-            &opt.value,
-            format_args!("`{}` must be at least 1: {meaning}", opt.key.name),
-        );
-        return None;
-    }
-    Some(value)
-}
-
-fn handler_opts(args: &HandlerArgs, errors: &mut Errors) -> HandlerOpts {
-    let concurrency = args.concurrency.as_ref().and_then(|opt| {
-        positive(
-            opt,
-            u64::from(u32::MAX),
-            "it is the maximum number of runs of this task that one worker executes at once",
-            errors,
-        )
-    });
-    let batch_size = args.batch_size.as_ref().and_then(|opt| {
-        positive(
-            opt,
-            u64::from(u32::MAX),
-            "it is the maximum number of runs that a worker claims at once",
-            errors,
-        )
-    });
-    let timeout = args
-        .timeout
-        .as_ref()
-        .and_then(|opt| duration(&opt.value, errors));
-    let max_retries = args
-        .max_retries
-        .as_ref()
-        .and_then(|opt| integer(&opt.value, u64::from(u32::MAX), errors));
-
-    let backoff = args.backoff.as_ref().and_then(|backoff| {
-        let min = pair_part(&backoff.value.min, backoff.key, "min", errors);
-        let max = pair_part(&backoff.value.max, backoff.key, "max", errors);
-        let min = min.and_then(|min| duration(&min.value, errors));
-        let max = max.and_then(|max| duration(&max.value, errors));
-        let (min, max) = (min?, max?);
-        let retries = max_retries.is_none_or(|retries| retries.value > 0);
-        if retries && !max.value.is_zero() && max.value <= min.value {
-            errors.at_span(
-                max.span,
-                format_args!(
-                    "the backoff `max` ({:?}) must be longer than its `min` ({:?})",
-                    max.value, min.value
-                ),
-            );
-            return None;
-        }
-        Some((min, max))
-    });
-
-    let circuit_breaker = args.circuit_breaker.as_ref().and_then(|breaker| {
-        let threshold = pair_part(&breaker.value.threshold, breaker.key, "threshold", errors);
-        let open_timeout = pair_part(
-            &breaker.value.open_timeout,
-            breaker.key,
-            "open_timeout",
-            errors,
-        );
-        let threshold = threshold.and_then(|threshold| {
-            positive(
-                threshold,
-                u64::from(u32::MAX),
-                "it is the number of failures in a row that opens the circuit breaker",
-                errors,
-            )
-        });
-        let open_timeout = open_timeout.and_then(|open| duration(&open.value, errors))?;
-        if open_timeout.value.is_zero() {
-            errors.at_span(
-                open_timeout.span,
-                "the circuit breaker's `open_timeout` must be longer than zero",
-            );
-            return None;
-        }
-        Some((threshold?, open_timeout))
-    });
-
-    HandlerOpts {
-        concurrency,
-        batch_size,
-        timeout,
-        max_retries,
-        backoff,
-        circuit_breaker,
-    }
-}
-
-/// Returns one half of `backoff(min, max)` or `circuit_breaker(threshold,
-/// open_timeout)`, reporting it when missing: both halves are required.
-fn pair_part<'a, T>(
-    part: &'a Option<Opt<T>>,
-    group: super::parse::Key,
-    name: &str,
-    errors: &mut Errors,
-) -> Option<&'a Opt<T>> {
-    match part {
-        Some(part) => Some(part),
-        None => {
-            let example = match group.name {
-                "backoff" => "backoff(min = \"500ms\", max = \"10s\")",
-                _ => "circuit_breaker(threshold = 5, open_timeout = \"30s\")",
-            };
-            errors.at_span(
-                group.span,
-                format_args!("`{}` is missing `{name}`: write `{example}`", group.name),
-            );
-            None
-        }
-    }
-}
-
 /// Checks the signature: an `async fn` taking the input and optionally the
 /// context, returning a `Result`.
-fn signature(function: &TaskFn, errors: &mut Errors) -> Option<Io> {
+fn signature(function: &Function, errors: &mut Errors) -> Option<Io> {
     let sig = &function.sig;
     let name = &sig.ident;
     let found_before = errors.count();
 
-    if let Some(constness) = &sig.constness {
-        errors.at(constness, "a task cannot be a `const fn`; remove `const`");
-    }
-    if let Some(unsafety) = &sig.unsafety {
-        errors.at(unsafety, "a task cannot be `unsafe`; remove `unsafe`");
-    }
-    if let Some(abi) = &sig.abi {
-        errors.at(abi, "a task cannot have an ABI; remove it");
-    }
-    if sig.asyncness.is_none() {
-        errors.at(
-            sig.fn_token,
-            format_args!("a task must be an `async fn`: write `async fn {name}`"),
-        );
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.at(
-            &sig.generics,
-            "a task cannot be generic: each run's input is decoded from JSON into one \
-             concrete type; remove the generic parameters",
-        );
-    }
+    check_modifiers(sig, Kind::Task, errors);
 
     let mut params = sig.inputs.iter();
     let first = params.next();
@@ -470,7 +169,7 @@ fn signature(function: &TaskFn, errors: &mut Errors) -> Option<Io> {
     // the input, and the error on the first parameter explains where it goes.
     let misplaced = match first {
         Some(FnArg::Receiver(_)) => true,
-        Some(FnArg::Typed(param)) => context_kind(&param.ty) != Ok(None),
+        Some(FnArg::Typed(param)) => context_kind(&param.ty, "TaskContext") != Ok(None),
         None => false,
     };
     let second = if misplaced { None } else { params.next() };
@@ -480,7 +179,7 @@ fn signature(function: &TaskFn, errors: &mut Errors) -> Option<Io> {
             errors.at(receiver, "`self` can only be a method's first parameter");
             None
         }
-        Some(FnArg::Typed(param)) => match context_kind(&param.ty) {
+        Some(FnArg::Typed(param)) => match context_kind(&param.ty, "TaskContext") {
             Ok(Some(kind)) => Some(kind),
             Ok(None) => {
                 errors.at(
@@ -506,38 +205,7 @@ fn signature(function: &TaskFn, errors: &mut Errors) -> Option<Io> {
         );
     }
 
-    let output = match &sig.output {
-        ReturnType::Default => {
-            errors.at_span(
-                sig.paren_token.span.close(),
-                "a task must return a `Result`: add `-> anyhow::Result<Output>`, or \
-                 `-> Result<Output, E>` with an error type that converts into `anyhow::Error`",
-            );
-            None
-        }
-        ReturnType::Type(_, ty) => match result_types(ty) {
-            Ok((ok, err)) => Some(Output {
-                ty: (**ty).clone(),
-                ok,
-                err,
-            }),
-            Err(()) => {
-                let output = match &**ty {
-                    Type::ImplTrait(_) | Type::Infer(_) | Type::Never(_) => quote::quote!(Output),
-                    ty => quote::quote!(#ty),
-                };
-                errors.at(
-                    ty,
-                    format_args!(
-                        "a task must return a `Result`: write `-> anyhow::Result<{output}>`, \
-                         or `-> Result<{output}, E>` with an error type that converts into \
-                         `anyhow::Error` (an alias of `Result` must be named `Result`)"
-                    ),
-                );
-                None
-            }
-        },
-    };
+    let output = check_output(sig, Kind::Task, errors);
 
     if errors.count() > found_before {
         return None;
@@ -552,7 +220,7 @@ fn signature(function: &TaskFn, errors: &mut Errors) -> Option<Io> {
 /// Checks the input parameter's type; `None` after recording a problem.
 fn input_type(ty: &Type, name: &Ident, errors: &mut Errors) -> Option<Type> {
     match ty {
-        Type::Reference(reference) if is_task_context(&reference.elem) => {
+        Type::Reference(reference) if is_context(&reference.elem, "TaskContext") => {
             errors.at(
                 ty,
                 format_args!(
@@ -562,7 +230,7 @@ fn input_type(ty: &Type, name: &Ident, errors: &mut Errors) -> Option<Type> {
             );
             None
         }
-        ty if is_task_context(ty) => {
+        ty if is_context(ty, "TaskContext") => {
             errors.at(
                 ty,
                 format_args!(
@@ -573,14 +241,7 @@ fn input_type(ty: &Type, name: &Ident, errors: &mut Errors) -> Option<Type> {
             None
         }
         Type::Reference(reference) => {
-            let owned = match &*reference.elem {
-                Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
-                Type::Slice(slice) => {
-                    let elem = &slice.elem;
-                    format!("Vec<{}>", quote::quote!(#elem))
-                }
-                elem => quote::quote!(#elem).to_string(),
-            };
+            let owned = owned_form(reference);
             errors.at(
                 ty,
                 format_args!(
@@ -602,64 +263,6 @@ fn input_type(ty: &Type, name: &Ident, errors: &mut Errors) -> Option<Type> {
     }
 }
 
-/// Classifies a second parameter of type `ty`: `Ok(None)` when it is not
-/// the context at all, and `Err` when it takes the context in a way that
-/// cannot work.
-fn context_kind(ty: &Type) -> Result<Option<Context>, String> {
-    match ty {
-        Type::Reference(reference) if is_task_context(&reference.elem) => {
-            if reference.mutability.is_some() {
-                Err("take the context by shared reference: `ctx: &TaskContext`".to_owned())
-            } else {
-                Ok(Some(Context::Borrowed))
-            }
-        }
-        Type::Paren(inner) => context_kind(&inner.elem),
-        ty if is_task_context(ty) => Ok(Some(Context::Owned)),
-        _ => Ok(None),
-    }
-}
-
-/// Checks whether `ty` is a path ending in `TaskContext`.
-fn is_task_context(ty: &Type) -> bool {
-    match ty {
-        Type::Path(path) if path.qself.is_none() => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|last| last.ident == "TaskContext" && last.arguments.is_empty()),
-        Type::Paren(inner) => is_task_context(&inner.elem),
-        _ => false,
-    }
-}
-
-/// The `T` and `E` of a return type spelt `...Result<T, E>` or
-/// `...Result<T>` (`E` is then found by the compiler). Any other type is not
-/// a `Result`, as far as the macro can tell: `Err(())`.
-pub(crate) fn result_types(ty: &Type) -> Result<(Option<Type>, Option<Type>), ()> {
-    match ty {
-        Type::Paren(inner) => result_types(&inner.elem),
-        Type::Group(inner) => result_types(&inner.elem),
-        Type::Path(path) if path.qself.is_none() => {
-            let Some(last) = path.path.segments.last() else {
-                return Err(());
-            };
-            if last.ident != "Result" {
-                return Err(());
-            }
-            let PathArguments::AngleBracketed(args) = &last.arguments else {
-                return Ok((None, None));
-            };
-            let mut types = args.args.iter().filter_map(|arg| match arg {
-                GenericArgument::Type(ty) => Some(ty.clone()),
-                _ => None,
-            });
-            Ok((types.next(), types.next()))
-        }
-        _ => Err(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,7 +273,7 @@ mod tests {
     fn check(args: TokenStream, item: TokenStream) -> (Task, Vec<String>) {
         let mut errors = Errors::default();
         let args = parse_args(args, &mut errors);
-        let function: TaskFn = syn::parse2(item).unwrap();
+        let function = Function::parse(item, Kind::Task).unwrap();
         let task = validate(args, function, &mut errors);
         (task, errors.messages())
     }
@@ -679,30 +282,35 @@ mod tests {
         check(TokenStream::new(), item).1
     }
 
+    fn check_task_name(name: &str) -> Result<(), String> {
+        check_name(Kind::Task, name, RESERVED_NAMES)
+            .map_err(|problem| problem.message(|fixed| format!("name = \"{fixed}\"")))
+    }
+
     #[test]
     fn name_rule() {
-        assert_eq!(check_name("send_email"), Ok(()));
-        assert_eq!(check_name(&"x".repeat(58)), Ok(()));
+        assert_eq!(check_task_name("send_email"), Ok(()));
+        assert_eq!(check_task_name(&"x".repeat(58)), Ok(()));
         assert_eq!(
-            check_name("Send-Email").unwrap_err(),
+            check_task_name("Send-Email").unwrap_err(),
             "a task name may only contain a-z, 0-9 and _; write `name = \"send_email\"`"
         );
         assert_eq!(
-            check_name("sendEmail2").unwrap_err(),
+            check_task_name("sendEmail2").unwrap_err(),
             "a task name may only contain a-z, 0-9 and _; write `name = \"send_email2\"`"
         );
         assert_eq!(
-            check_name("émail").unwrap_err(),
+            check_task_name("émail").unwrap_err(),
             "a task name may only contain a-z, 0-9 and _"
         );
         assert!(
-            check_name("input")
+            check_task_name("input")
                 .unwrap_err()
                 .starts_with("`input` is reserved")
         );
-        assert!(check_name("").is_err());
+        assert!(check_task_name("").is_err());
         assert!(
-            check_name(&"x".repeat(59))
+            check_task_name(&"x".repeat(59))
                 .unwrap_err()
                 .contains("at most 58")
         );

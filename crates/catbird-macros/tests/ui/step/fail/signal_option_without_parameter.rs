@@ -1,0 +1,6 @@
+#[catbird::step(signal)]
+async fn approve(doc: String) -> anyhow::Result<String> {
+    Ok(doc)
+}
+
+fn main() {}

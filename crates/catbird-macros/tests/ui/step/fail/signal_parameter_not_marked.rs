@@ -1,0 +1,6 @@
+#[catbird::step(signal)]
+async fn approve(doc: String, approved: bool) -> anyhow::Result<String> {
+    Ok(format!("{doc}: {approved}"))
+}
+
+fn main() {}
