@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use catbird::flow::{RunFlowOpts, StepDef};
+use catbird::flow::RunFlowOpts;
 use catbird::queue::{CreateQueueOpts, Message, Reader, SendManyOpts, SendOpts};
-use catbird::worker::{Flow, StepArgs, StepContext, StepHandler, Worker};
+use catbird::worker::{Flow, Worker};
 use catbird::{CancellationToken, Client};
 use serde::{Deserialize, Serialize};
 
@@ -152,20 +152,20 @@ async fn count_words(email: Email) -> anyhow::Result<Receipt> {
     })
 }
 
+/// Doubles the flow input.
+#[catbird::step]
+async fn double(n: i64) -> anyhow::Result<i64> {
+    Ok(n * 2)
+}
+
+/// Adds one to the output of `double`, whose type the compiler checks.
+#[catbird::step(depends_on(double))]
+async fn add(_n: i64, double: i64) -> anyhow::Result<i64> {
+    Ok(double + 1)
+}
+
 /// 6. A task and a two-step flow, executed by a worker in this process.
 async fn tasks_and_flows(url: &str, pool: catbird::deadpool_postgres::Pool) -> anyhow::Result<()> {
-    let double = StepHandler::new(
-        StepDef::new("double"),
-        |args: StepArgs, _ctx: StepContext| async move {
-            Ok::<_, anyhow::Error>(args.input::<i64>()? * 2)
-        },
-    );
-    let add = StepHandler::new(
-        StepDef::new("add").depends_on("double"),
-        |args: StepArgs, _ctx: StepContext| async move {
-            Ok::<_, anyhow::Error>(args.dependency::<i64>("double")? + 1)
-        },
-    );
     let double_add = Flow::new("quickstart_double_add").step(double).step(add);
 
     // Definitions live in the database; creating them here means the runs
