@@ -17,7 +17,7 @@ use crate::flow::{Flow, FlowFailure, FlowOnFailFn, StepArgs, StepCallFn, StepCon
 use crate::options::HandlerOpts;
 use crate::retry::with_retries;
 use crate::task_loop::{
-    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle, pause_after_error, supervise,
+    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle, pause_after_error, retry_delay_ms, supervise,
 };
 use crate::worker::Shared;
 
@@ -314,12 +314,7 @@ async fn record(shared: &Shared, handler: &StepLoop, id: i64, attempt: i32, outc
             if let Some(breaker) = &handler.breaker {
                 breaker.record_failure();
             }
-            let retries_left =
-                u32::try_from(attempt).unwrap_or(u32::MAX) <= handler.opts.max_retries;
-            let delay: Option<i32> = retries_left.then(|| {
-                let retry = u32::try_from(attempt - 1).unwrap_or(0);
-                i32::try_from(handler.backoff.delay(retry).as_millis()).unwrap_or(i32::MAX)
-            });
+            let delay = retry_delay_ms(attempt, handler.opts.max_retries, &*handler.backoff);
             let result = with_retries("record a failed step attempt", &never, || async {
                 shared
                     .pool
@@ -464,11 +459,7 @@ async fn on_fail_loop(shared: Arc<Shared>, flow: Arc<str>, call: FlowOnFailFn, o
                     .await
                     .map(|_| ()),
                     Some(message) => {
-                        let retries_left = u32::try_from(attempt).unwrap_or(u32::MAX) <= opts.max_retries;
-                        let delay: Option<i32> = retries_left.then(|| {
-                            let retry = u32::try_from(attempt - 1).unwrap_or(0);
-                            i32::try_from(backoff.delay(retry).as_millis()).unwrap_or(i32::MAX)
-                        });
+                        let delay = retry_delay_ms(attempt, opts.max_retries, &*backoff);
                         tracing::warn!(flow, flow.run_id = id, on_fail_attempt = attempt, error = %message,
                             retrying = delay.is_some(), "flow on-fail handler failed");
                         with_retries("record a failed flow on-fail attempt", &never, || async {

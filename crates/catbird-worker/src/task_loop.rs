@@ -411,6 +411,21 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// The delay before retrying a failed attempt number `attempt` (1-based), or
+/// `None` when no retry is left: a run executes at most `max_retries + 1`
+/// times.
+pub(crate) fn retry_delay_ms(
+    attempt: i32,
+    max_retries: u32,
+    backoff: &dyn BackoffStrategy,
+) -> Option<i32> {
+    let retries_left = u32::try_from(attempt).unwrap_or(u32::MAX) <= max_retries;
+    retries_left.then(|| {
+        let retry = u32::try_from(attempt - 1).unwrap_or(0);
+        i32::try_from(backoff.delay(retry).as_millis()).unwrap_or(i32::MAX)
+    })
+}
+
 /// Replaces NUL characters, which PostgreSQL text cannot store, so recording
 /// the failure never fails (a failure that cannot be recorded would be run
 /// again after every lease).
@@ -468,12 +483,7 @@ async fn record(shared: &Shared, handler: &RunHandler, id: i64, attempt: i32, ou
             if let Some(breaker) = &handler.breaker {
                 breaker.record_failure();
             }
-            let retries_left =
-                u32::try_from(attempt).unwrap_or(u32::MAX) <= handler.opts.max_retries;
-            let delay: Option<i32> = retries_left.then(|| {
-                let retry = u32::try_from(attempt - 1).unwrap_or(0);
-                i32::try_from(handler.backoff.delay(retry).as_millis()).unwrap_or(i32::MAX)
-            });
+            let delay = retry_delay_ms(attempt, handler.opts.max_retries, &*handler.backoff);
             let result = with_retries("record a failed attempt", &never, || async {
                 shared
                     .pool
@@ -651,12 +661,8 @@ async fn execute_on_fail(
             }
         }
         Some(message) => {
-            let retries_left =
-                u32::try_from(on_fail_attempt).unwrap_or(u32::MAX) <= handler.opts.max_retries;
-            let delay: Option<i32> = retries_left.then(|| {
-                let retry = u32::try_from(on_fail_attempt - 1).unwrap_or(0);
-                i32::try_from(handler.backoff.delay(retry).as_millis()).unwrap_or(i32::MAX)
-            });
+            let delay =
+                retry_delay_ms(on_fail_attempt, handler.opts.max_retries, &*handler.backoff);
             let result = with_retries("record a failed on-fail attempt", &never, || async {
                 shared
                     .pool
@@ -682,4 +688,25 @@ async fn execute_on_fail(
         }
     }
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::FullJitter;
+
+    #[test]
+    fn retry_delay_allows_max_retries_plus_one_executions() {
+        let backoff = FullJitter::new(Duration::from_millis(10), Duration::from_millis(20));
+        assert!(retry_delay_ms(1, 2, &backoff).is_some());
+        assert!(retry_delay_ms(2, 2, &backoff).is_some());
+        assert_eq!(retry_delay_ms(3, 2, &backoff), None);
+        assert_eq!(retry_delay_ms(1, 0, &backoff), None);
+    }
+
+    #[test]
+    fn storable_message_replaces_nul() {
+        assert_eq!(storable_message("a\0b".to_owned()), "a\u{FFFD}b");
+        assert_eq!(storable_message("plain".to_owned()), "plain");
+    }
 }
