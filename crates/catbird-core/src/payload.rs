@@ -62,6 +62,27 @@ pub(crate) fn check_text(what: &str, value: Option<&str>) -> Result<(), Error> {
     }
 }
 
+/// Checks that per-item keys and headers of a batch, when given, have one
+/// entry per item. `items` names the items in the error ("bodies", "inputs").
+pub(crate) fn check_batch_lengths(
+    items: &str,
+    count: usize,
+    keys: Option<usize>,
+    headers: Option<usize>,
+) -> Result<(), Error> {
+    if let Some(keys) = keys.filter(|keys| *keys != count) {
+        return Err(Error::InvalidArgument(format!(
+            "concurrency_keys length must match {items} length ({keys} keys, {count} {items})"
+        )));
+    }
+    if let Some(headers) = headers.filter(|headers| *headers != count) {
+        return Err(Error::InvalidArgument(format!(
+            "headers length must match {items} length ({headers} headers, {count} {items})"
+        )));
+    }
+    Ok(())
+}
+
 /// Reports whether JSON text contains a `\u0000` escape. Valid JSON can only
 /// carry NUL that way; an escape is real when the backslash before `u` is
 /// itself not escaped, that is when an odd number of backslashes precede `u`.

@@ -22,7 +22,7 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::names::validate_name;
-use crate::payload::{JsonText, check_text};
+use crate::payload::{JsonText, check_batch_lengths, check_text};
 use crate::poll::PollOpts;
 use crate::query::Query;
 use crate::sql;
@@ -622,24 +622,12 @@ pub fn run_tasks_query<I: Serialize>(
     opts: RunTasksOpts,
 ) -> Result<Query, Error> {
     validate_name("task", name)?;
-    if let Some(keys) = &opts.concurrency_keys {
-        if keys.len() != inputs.len() {
-            return Err(Error::InvalidArgument(format!(
-                "concurrency_keys length must match inputs length ({} keys, {} inputs)",
-                keys.len(),
-                inputs.len()
-            )));
-        }
-    }
-    if let Some(headers) = &opts.headers {
-        if headers.len() != inputs.len() {
-            return Err(Error::InvalidArgument(format!(
-                "headers length must match inputs length ({} headers, {} inputs)",
-                headers.len(),
-                inputs.len()
-            )));
-        }
-    }
+    check_batch_lengths(
+        "inputs",
+        inputs.len(),
+        opts.concurrency_keys.as_ref().map(Vec::len),
+        opts.headers.as_ref().map(Vec::len),
+    )?;
     let inputs = inputs
         .iter()
         .map(|input| JsonText::encode("task input", input))

@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::names::validate_name;
-use crate::payload::{JsonText, check_text};
+use crate::payload::{JsonText, check_batch_lengths, check_text};
 use crate::poll::PollOpts;
 use crate::query::Query;
 use crate::sql;
@@ -382,24 +382,12 @@ pub fn send_many_query<T: Serialize>(
     opts: SendManyOpts,
 ) -> Result<Query, Error> {
     validate_name("queue", queue)?;
-    if let Some(keys) = &opts.concurrency_keys {
-        if keys.len() != bodies.len() {
-            return Err(Error::InvalidArgument(format!(
-                "concurrency_keys length must match bodies length ({} keys, {} bodies)",
-                keys.len(),
-                bodies.len()
-            )));
-        }
-    }
-    if let Some(headers) = &opts.headers {
-        if headers.len() != bodies.len() {
-            return Err(Error::InvalidArgument(format!(
-                "headers length must match bodies length ({} headers, {} bodies)",
-                headers.len(),
-                bodies.len()
-            )));
-        }
-    }
+    check_batch_lengths(
+        "bodies",
+        bodies.len(),
+        opts.concurrency_keys.as_ref().map(Vec::len),
+        opts.headers.as_ref().map(Vec::len),
+    )?;
 
     check_text("topic", opts.topic.as_deref())?;
     for key in opts.concurrency_keys.iter().flatten() {
