@@ -156,7 +156,7 @@ impl StepContext {
     }
 
     /// Completes the flow run now with `output`: every unfinished step is
-    /// canceled and running steps are told to stop, this one included.
+    /// canceled and running steps get a stop request, this one included.
     /// Returns whether this call won: false when the run had already
     /// finished (another early completion, a failure, a cancellation).
     /// Whatever the handler returns afterwards is discarded.

@@ -1,9 +1,9 @@
 //! Flows: DAG workflows of steps.
 //!
 //! A flow definition ([`FlowDef`]) is a set of named steps with dependencies,
-//! optional conditions and signals. [`run_flow`] starts a run; a step runs
+//! optional conditions and signals. [`run_flow`] starts a run. A step runs
 //! once all its dependencies are resolved (completed or skipped) and, when it
-//! waits for a signal, [`signal_flow`] delivered its input. The run completes
+//! waits for a signal, once [`signal_flow`] has delivered its input. The run completes
 //! with the output of the first completed step of its output priority.
 //! Definitions need no handler code: a process can create, run and inspect
 //! flows that workers elsewhere implement.
@@ -327,7 +327,7 @@ pub struct FlowRunInfo {
     pub status: RunStatus,
     /// The output of a completed run.
     pub output: Option<Value>,
-    /// Why the run failed.
+    /// The error that failed the run.
     pub error_message: Option<String>,
     /// The reason given when it was canceled (or completed early).
     pub cancel_reason: Option<String>,
