@@ -40,6 +40,10 @@ BEGIN
                 ('queued', 'started', 'completed', 'failed', 'canceled')),
             -- True from a claim until the attempt ends, as for step runs.
             running boolean NOT NULL DEFAULT false,
+            -- Set with the terminal status. The claim index depends on this
+            -- column only, so a claim, which changes status, attempts and
+            -- the lease, is a HOT update that adds no index entry.
+            done boolean NOT NULL DEFAULT false,
             priority integer NOT NULL DEFAULT 0,
             attempts integer NOT NULL DEFAULT 0,
             item jsonb NOT NULL,
@@ -51,12 +55,14 @@ BEGIN
             completed_at timestamptz,
             failed_at timestamptz,
             canceled_at timestamptz,
-            UNIQUE (step_run_id, item_index)
-        )$sql$, 'cb_m_' || flow, 'cb_f_' || flow);
-    -- NOTE: the claim index holds only claimable items.
-    EXECUTE format($sql$
-        CREATE INDEX ON %I (step_name, priority DESC, id) WHERE status IN ('queued', 'started')$sql$,
-        'cb_m_' || flow);
+            UNIQUE (step_run_id, item_index),
+            CHECK (done = (status IN ('completed', 'failed', 'canceled')))
+        ) WITH (fillfactor = 70)$sql$, 'cb_m_' || flow, 'cb_f_' || flow);
+    -- NOTE: the claim index holds only unfinished items, and its leaf pages
+    -- change only when items are added or finish, so scans can mark the
+    -- entries of finished items dead and skip them until vacuum removes
+    -- them.
+    EXECUTE format('CREATE INDEX ON %I (step_name, priority DESC, id) WHERE NOT done', 'cb_m_' || flow);
     EXECUTE format('CREATE INDEX ON %I (flow_run_id)', 'cb_m_' || flow);
 END;
 $$;
@@ -181,9 +187,12 @@ CREATE TYPE cb_claimed_map_task AS (
 -- started, visible, of flow runs that are started and not expired; highest
 -- priority first, then oldest. Each claimed item becomes started with its
 -- attempt count raised and is leased for `hide_for` milliseconds.
+-- NOTE: bitmap scans are off inside: a burst of new items leaves the
+-- statistics stale, and the planner then reads every unfinished item and
+-- sorts them instead of reading the first `quantity` in index order.
 CREATE FUNCTION cb_claim_map_tasks(flow text, step text, quantity integer, hide_for integer)
 RETURNS SETOF cb_claimed_map_task
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $$
 DECLARE
     v_runs text := cb_flow_table(flow);
     v_def record;
@@ -209,10 +218,13 @@ BEGIN
     -- NOTE: SKIP LOCKED is load-bearing, as for task claims.
     RETURN QUERY EXECUTE format($sql$
         WITH selected AS (
+            -- NOTE: the run check is a scalar subquery, not a join, so the
+            -- plan stays an ordered scan of the claim index that stops
+            -- after `quantity` rows, even with stale statistics.
             SELECT m.id FROM %1$I m
-            WHERE m.step_name = $1 AND m.status IN ('queued', 'started') AND m.visible_at <= $2
-              AND EXISTS (SELECT 1 FROM %2$I r WHERE r.id = m.flow_run_id AND r.status = 'started'
-                          AND (r.expires_at IS NULL OR r.expires_at > $2))
+            WHERE m.step_name = $1 AND NOT m.done AND m.visible_at <= $2
+              AND (SELECT r.status = 'started' AND (r.expires_at IS NULL OR r.expires_at > $2)
+                   FROM %2$I r WHERE r.id = m.flow_run_id)
             ORDER BY m.priority DESC, m.id
             LIMIT $3
             FOR UPDATE OF m SKIP LOCKED
@@ -293,7 +305,7 @@ BEGIN
             SELECT * FROM unnest($1::bigint[], $2::integer[], $3::jsonb[]) AS g(id, attempt, output)
         ), done AS (
             UPDATE %1$I m
-            SET status = 'completed', running = false, output = coalesce(g.output, 'null'::jsonb),
+            SET status = 'completed', done = true, running = false, output = coalesce(g.output, 'null'::jsonb),
                 completed_at = clock_timestamp()
             FROM given g
             WHERE m.id = g.id AND m.status = 'started' AND m.attempts = g.attempt
@@ -380,7 +392,8 @@ BEGIN
     END IF;
 
     EXECUTE format($sql$
-        UPDATE %I SET status = 'failed', running = false, error_message = $2, failed_at = clock_timestamp()
+        UPDATE %I SET status = 'failed', done = true, running = false, error_message = $2,
+                      failed_at = clock_timestamp()
         WHERE id = $1
         RETURNING step_run_id, item, attempts$sql$, 'cb_m_' || flow)
         INTO v_item USING id, v_message;
@@ -1148,9 +1161,9 @@ BEGIN
         USING run_id, error_message;
     EXECUTE format($sql$
         UPDATE %I
-        SET status = 'failed', running = false, failed_at = clock_timestamp(),
+        SET status = 'failed', done = true, running = false, failed_at = clock_timestamp(),
             error_message = coalesce(error_message, $2)
-        WHERE flow_run_id = $1 AND status IN ('queued', 'started')$sql$, 'cb_m_' || flow)
+        WHERE flow_run_id = $1 AND NOT done$sql$, 'cb_m_' || flow)
         USING run_id, error_message;
     PERFORM pg_notify(cb_wake_channel(), 'fx|' || flow || '|' || run_id);
     IF v_has_on_fail THEN
@@ -1230,8 +1243,8 @@ BEGIN
         'cb_s_' || name)
         USING id;
     EXECUTE format($sql$
-        UPDATE %I SET status = 'canceled', running = false, canceled_at = clock_timestamp()
-        WHERE flow_run_id = $1 AND status IN ('queued', 'started')$sql$, 'cb_m_' || name)
+        UPDATE %I SET status = 'canceled', done = true, running = false, canceled_at = clock_timestamp()
+        WHERE flow_run_id = $1 AND NOT done$sql$, 'cb_m_' || name)
         USING id;
     PERFORM pg_notify(cb_wake_channel(), 'fx|' || name || '|' || id);
     PERFORM cb_flow_finish_cancel(name, id);
@@ -1262,8 +1275,8 @@ BEGIN
         'cb_s_' || flow)
         USING run_id;
     EXECUTE format($sql$
-        UPDATE %I SET status = 'canceled', running = false, canceled_at = clock_timestamp()
-        WHERE flow_run_id = $1 AND status IN ('queued', 'started')$sql$, 'cb_m_' || flow)
+        UPDATE %I SET status = 'canceled', done = true, running = false, canceled_at = clock_timestamp()
+        WHERE flow_run_id = $1 AND NOT done$sql$, 'cb_m_' || flow)
         USING run_id;
     PERFORM pg_notify(cb_wake_channel(), 'fx|' || flow || '|' || run_id);
     RETURN true;
