@@ -64,7 +64,8 @@ pub use error::{
 };
 pub use executor::{Executor, Params};
 pub use flow::{
-    FlowDef, FlowHandle, FlowInfo, FlowRunInfo, MapSource, StepDef, StepKind, StepRunInfo, StepStatus,
+    FlowDef, FlowHandle, FlowInfo, FlowRunInfo, MapSource, StepDef, StepKind, StepRunInfo,
+    StepStatus,
 };
 pub use gc::{GcReport, gc};
 pub use names::{MAX_NAME_LEN, validate_name};

@@ -217,8 +217,7 @@ pub const START_GENERATOR_STEP: &str =
 
 /// `cb_spawn_generator_map_tasks`, with the items as an array of JSON
 /// values.
-pub const SPAWN_GENERATOR_MAP_TASKS: &str =
-    "SELECT cb_spawn_generator_map_tasks(flow => $1, id => $2, attempt => $3, items => to_jsonb($4::jsonb[]))";
+pub const SPAWN_GENERATOR_MAP_TASKS: &str = "SELECT cb_spawn_generator_map_tasks(flow => $1, id => $2, attempt => $3, items => to_jsonb($4::jsonb[]))";
 
 /// `cb_complete_generator_step`.
 pub const COMPLETE_GENERATOR_STEP: &str =

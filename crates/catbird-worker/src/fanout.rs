@@ -21,8 +21,9 @@ use crate::task::HandlerResult;
 /// How many item outputs a reducer reads per statement.
 const REDUCE_PAGE: i32 = 500;
 
-pub(crate) type GeneratorFn =
-    Arc<dyn Fn(StepArgs, ItemSink, StepContext) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+pub(crate) type GeneratorFn = Arc<
+    dyn Fn(StepArgs, ItemSink, StepContext) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync,
+>;
 
 pub(crate) type ReducerFn =
     Arc<dyn Fn(ItemPages, StepContext) -> BoxFuture<'static, HandlerResult> + Send + Sync>;

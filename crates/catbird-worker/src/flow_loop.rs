@@ -65,7 +65,12 @@ pub(crate) fn spawn(shared: &Arc<Shared>, flow: Flow, loops: &mut JoinSet<()>) {
     for step in flow.steps {
         let key = format!("{flow_name}.{}", step.definition.name);
         let step_name: Arc<str> = Arc::from(step.definition.name.as_str());
-        let (exec, items) = match (step.definition.kind, step.call, step.generator, step.reducer) {
+        let (exec, items) = match (
+            step.definition.kind,
+            step.call,
+            step.generator,
+            step.reducer,
+        ) {
             (StepKind::Normal, Some(call), _, _) => (Some(StepExec::Handler(call)), None),
             (StepKind::Map(source), Some(call), _, _) => {
                 let mapped = match source {
@@ -74,9 +79,10 @@ pub(crate) fn spawn(shared: &Arc<Shared>, flow: Flow, loops: &mut JoinSet<()>) {
                 };
                 (None, Some((call, mapped)))
             }
-            (StepKind::Generator, Some(call), Some(generator), _) => {
-                (Some(StepExec::Generator(generator)), Some((call, Mapped::Input)))
-            }
+            (StepKind::Generator, Some(call), Some(generator), _) => (
+                Some(StepExec::Generator(generator)),
+                Some((call, Mapped::Input)),
+            ),
             (StepKind::Reduce(source), _, _, Some(reduce)) => (
                 Some(StepExec::Reducer {
                     source: Arc::from(source.as_str()),
@@ -290,7 +296,12 @@ fn run_generator(
 
 /// Fires `token` when the flow run is no longer started. The stop
 /// notification normally does that first; this covers a missed one.
-pub(crate) async fn watch_run(shared: Arc<Shared>, flow: Arc<str>, run_id: i64, token: CancellationToken) {
+pub(crate) async fn watch_run(
+    shared: Arc<Shared>,
+    flow: Arc<str>,
+    run_id: i64,
+    token: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(STOP_CHECK) => {}
@@ -365,14 +376,7 @@ async fn attempt_step(
             reduce(pages, context)
         }
     };
-    match supervise(
-        tokio::spawn(running),
-        &token,
-        &shared.hard_stop,
-        timeout,
-    )
-    .await
-    {
+    match supervise(tokio::spawn(running), &token, &shared.hard_stop, timeout).await {
         Supervised::Finished(Ok(output)) => StepOutcome::Succeeded(output),
         Supervised::Finished(Err(message)) => StepOutcome::Failed(message),
         Supervised::TimedOut => StepOutcome::Failed(format!(

@@ -307,7 +307,10 @@ async fn fail(shared: &Shared, handler: &ItemLoop, id: i64, attempt: i32, messag
     let result = with_retries("record a failed item attempt", &never, || async {
         shared
             .pool
-            .query_rows(sql::FAIL_MAP_TASK, &[&flow, &id, &attempt, &message, &delay])
+            .query_rows(
+                sql::FAIL_MAP_TASK,
+                &[&flow, &id, &attempt, &message, &delay],
+            )
             .await
     })
     .await;

@@ -508,9 +508,7 @@ async fn heartbeat(
 
 /// The ids held per flow, for lease renewal.
 fn held_ids(held: &Mutex<HashMap<String, HashSet<i64>>>) -> Vec<(String, Vec<i64>)> {
-    let in_flight = held
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let in_flight = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     in_flight
         .iter()
         .filter(|(_, ids)| !ids.is_empty())

@@ -203,7 +203,11 @@ impl StepDef {
     }
 
     fn add_dependency(&mut self, name: &str) {
-        if !self.depends_on.iter().any(|dependency| dependency.name == name) {
+        if !self
+            .depends_on
+            .iter()
+            .any(|dependency| dependency.name == name)
+        {
             self.depends_on.push(Dependency::on(name));
         }
     }

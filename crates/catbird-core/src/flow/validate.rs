@@ -156,7 +156,8 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
                     ),
                 ));
             }
-            let reduced = matches!(&step.kind, StepKind::Reduce(source) if *source == dependency.name);
+            let reduced =
+                matches!(&step.kind, StepKind::Reduce(source) if *source == dependency.name);
             let mapped = matches!(&step.kind, StepKind::Map(MapSource::Step(source)) if *source == dependency.name);
             if mapped && conditional.contains(dependency.name.as_str()) {
                 return Err(invalid(
