@@ -64,9 +64,15 @@ pub mod __private {
     pub use catbird_worker;
     pub use core::convert::Into;
     pub use core::default::Default;
+    pub use core::future::Future;
     pub use core::option::Option;
+    pub use core::pin::Pin;
     pub use core::result::Result;
     pub use core::time::Duration;
+    pub use std::boxed::Box;
+    pub use std::vec::Vec;
+
+    use std::collections::{BTreeSet, LinkedList, VecDeque};
 
     /// The `Ok` and `Err` types of a task's return type, also when it is
     /// written as an alias of `Result`.
@@ -165,6 +171,147 @@ pub mod __private {
     impl<T: ?Sized, O: ?Sized> OutputOf<AnyStep, O> for T {}
 
     impl Unconditional for AnyStep {}
+
+    /// Implemented by mapper and generator steps, whose output is the array
+    /// of their items' outputs: gives the output type of one item, which a
+    /// reducer that names the step by path folds.
+    #[diagnostic::on_unimplemented(
+        message = "step `{Self}` is neither a mapper nor a generator, so it has no items to reduce",
+        label = "not a mapper or generator step",
+        note = "`reduce = ...` names a step under `#[catbird::step(map_input)]`, \
+                `#[catbird::step(map = ...)]` or `#[catbird::step(generator(...))]`"
+    )]
+    pub trait FanOut {
+        /// The `T` of the `Result<T, E>` of one item's handler.
+        type ItemOutput;
+    }
+
+    /// Implemented by the type `O` for the fan-out step `S`, so that a
+    /// reducer's item parameter whose type is not the item output type fails
+    /// to compile, at its type.
+    #[diagnostic::on_unimplemented(
+        message = "the items of step `{S}` output `{O}`, not `{Self}`",
+        label = "expected `{O}`, the output type of an item of step `{S}`",
+        note = "a reducer's second parameter takes the `T` of the `Result<T, E>` that the \
+                source's item handler returns"
+    )]
+    pub trait ItemOutputOf<S: ?Sized, O: ?Sized> {
+        /// Named by the check, which compiles when the impl exists.
+        const CHECK: () = ();
+    }
+
+    impl<T: ?Sized, S: Step + ?Sized> ItemOutputOf<S, T> for T {}
+
+    impl<T: ?Sized, O: ?Sized> ItemOutputOf<AnyStep, O> for T {}
+
+    /// Implemented by the type `T` for step `S` whose output type `C` is an
+    /// array of `T`, so that a mapper's element parameter whose type is not
+    /// the source's element type fails to compile, at its type.
+    #[diagnostic::on_unimplemented(
+        message = "step `{S}` outputs `{C}`, which is not an array of `{Self}`",
+        label = "expected the element type of `{C}`, the output type of step `{S}`",
+        note = "the parameter named after a map source takes one element of its output: \
+                `T` for an output of type `Vec<T>`, `[T; N]`, `VecDeque<T>`, `Box<[T]>`, \
+                `LinkedList<T>` or `BTreeSet<T>`"
+    )]
+    pub trait ElementOf<S: ?Sized, C: ?Sized> {
+        /// Named by the check, which compiles when the impl exists.
+        const CHECK: () = ();
+    }
+
+    impl<T, S: Step + ?Sized> ElementOf<S, Vec<T>> for T {}
+    impl<T, S: Step + ?Sized, const N: usize> ElementOf<S, [T; N]> for T {}
+    impl<T, S: Step + ?Sized> ElementOf<S, VecDeque<T>> for T {}
+    impl<T, S: Step + ?Sized> ElementOf<S, Box<[T]>> for T {}
+    impl<T, S: Step + ?Sized> ElementOf<S, LinkedList<T>> for T {}
+    impl<T, S: Step + ?Sized> ElementOf<S, BTreeSet<T>> for T {}
+    impl<T: ?Sized, C: ?Sized> ElementOf<AnyStep, C> for T {}
+
+    /// Implemented by every element type of a map source that is never
+    /// skipped, so that mapping a step with a condition fails to compile, at
+    /// the element parameter's type.
+    #[diagnostic::on_unimplemented(
+        message = "step `{S}` has a condition, so it may be skipped, and a map source cannot be",
+        label = "`{S}` may be skipped",
+        note = "a mapper needs the array of its source: map a step without a condition"
+    )]
+    pub trait MapSource<S: ?Sized> {
+        /// Named by the check, which compiles when the impl exists.
+        const CHECK: () = ();
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: ?Sized, S: Unconditional + ?Sized> MapSource<S> for T {}
+
+    /// The item handler of generator steps, which
+    /// `#[catbird::step(item)]` implements for the function's struct.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an item handler defined with `#[catbird::step(item)]`",
+        label = "not a `#[catbird::step(item)]` function",
+        note = "`generator(item = ...)` takes the path of an `async fn` under \
+                `#[catbird::step(item)]`, which processes one item"
+    )]
+    pub trait ItemHandler {
+        /// The type of the item it takes.
+        type Item;
+        /// The `T` of its `Result<T, E>`.
+        type Output;
+        /// The handler's struct, or [`AnyStep`] for the stand-in of an item
+        /// handler with errors.
+        type This: ?Sized;
+
+        /// Processes one item.
+        fn handle(
+            item: Self::Item,
+            ctx: catbird_worker::StepContext,
+        ) -> Pin<Box<dyn Future<Output = Result<Self::Output, AnyError>> + Send>>;
+    }
+
+    /// Implemented by the type `I` for the item handler `H` that takes `I`,
+    /// so that a generator whose `Yielder` yields another type fails to
+    /// compile, at the yielded type.
+    #[diagnostic::on_unimplemented(
+        message = "item handler `{H}` takes `{I}`, but the generator yields `{Self}`",
+        label = "expected `{I}`, the item type of `{H}`",
+        note = "a generator's `Yielder<T>` yields the items that its item handler takes"
+    )]
+    pub trait ItemOf<H: ?Sized, I> {
+        /// Converts a yielded item into the handler's item: the identity.
+        fn into_item(self) -> I;
+    }
+
+    impl<T, H: ItemHandler + ?Sized> ItemOf<H, T> for T {
+        fn into_item(self) -> T {
+            self
+        }
+    }
+
+    impl<T, I> ItemOf<AnyStep, I> for T {
+        fn into_item(self) -> I {
+            stand_in()
+        }
+    }
+
+    /// Implemented by the type `O` for itself, so that a reducer whose
+    /// accumulator is not its output fails to compile, at the accumulator's
+    /// type.
+    #[diagnostic::on_unimplemented(
+        message = "a reducer's accumulator is its output, but it takes `{Self}` and returns `{O}`",
+        label = "expected `{O}`, the reducer's output type",
+        note = "a reducer returns the next accumulator, and the last one is its output: write \
+                one type for its first parameter and for the `T` of its `Result<T, E>`"
+    )]
+    pub trait Accumulator<O> {
+        /// Converts the reducer's output into the next accumulator: the
+        /// identity.
+        fn from_output(output: O) -> Self;
+    }
+
+    impl<T> Accumulator<T> for T {
+        fn from_output(output: T) -> T {
+            output
+        }
+    }
 
     /// The `Ok` and `Err` types of a step's return type, also when it is
     /// written as an alias of `Result`.

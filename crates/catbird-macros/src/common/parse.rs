@@ -38,6 +38,11 @@ pub(crate) mod kw {
     syn::custom_keyword!(signal);
     syn::custom_keyword!(ignore_output);
     syn::custom_keyword!(optional);
+    syn::custom_keyword!(map_input);
+    syn::custom_keyword!(map);
+    syn::custom_keyword!(generator);
+    syn::custom_keyword!(reduce);
+    syn::custom_keyword!(item);
 }
 
 /// The options inside `backoff(...)`.

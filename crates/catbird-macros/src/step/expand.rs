@@ -15,7 +15,7 @@ use syn::spanned::Spanned;
 use syn::{FnArg, Signature};
 
 use super::parse::StepRef;
-use super::validate::{Dependency, Io, Param, Step};
+use super::validate::{Dependency, Form, Io, Param, Step};
 use crate::common::Kind;
 use crate::common::expand::{Attrs, call_fn, doc_lines, option_calls, original, respan};
 use crate::common::parse::Function;
@@ -40,9 +40,10 @@ pub(crate) fn expand(step: &Step) -> TokenStream {
             body: function.body.clone(),
         });
     }
-    match &step.io {
-        Some(io) => full(step, io),
-        None => stand_in(step),
+    match (&step.io, &step.form) {
+        (Some(io), Form::Item) => item_handler(step, io),
+        (Some(io), _) => full(step, io),
+        (None, _) => stand_in(step),
     }
 }
 
@@ -117,8 +118,23 @@ fn definition_body(private: &TokenStream, step: &Step) -> TokenStream {
         .map(|condition| quote!(.condition(#condition)));
     let signal = step.signal.then(|| quote!(.signal()));
     let new = quote!(#core::flow::StepDef::new(Self::NAME) #description #condition #signal);
+    // The kind comes after the dependencies: `map_step_output` and `reduce`
+    // append their source when it is not a dependency yet (R-FDEF-3).
+    let kind = match &step.form {
+        Form::Normal | Form::Item => None,
+        Form::MapInput => Some(quote!(.map_input())),
+        Form::MapStep { source } => {
+            let name = dependency_name(private, &step.dependencies[*source].step);
+            Some(quote!(.map_step_output(#name)))
+        }
+        Form::Generator { .. } => Some(quote!(.generator())),
+        Form::Reduce { source } => {
+            let name = dependency_name(private, source);
+            Some(quote!(.reduce(#name)))
+        }
+    };
     if step.dependencies.is_empty() {
-        return new;
+        return quote!(#new #kind);
     }
     let dependencies = step.dependencies.iter().map(|dependency| {
         let Dependency {
@@ -139,7 +155,7 @@ fn definition_body(private: &TokenStream, step: &Step) -> TokenStream {
     quote! {
         let mut definition = #new;
         #(#dependencies)*
-        definition
+        definition #kind
     }
 }
 
@@ -155,6 +171,10 @@ fn dependency_checks(
 ) -> TokenStream {
     let mut checks = TokenStream::new();
     for param in &io.params {
+        if let Param::Item(ty) = param {
+            checks.extend(item_checks(private, cfgs, step, ty));
+            continue;
+        }
         let Param::Dependency {
             index,
             ty,
@@ -187,6 +207,49 @@ fn dependency_checks(
         }
     }
     checks
+}
+
+/// Generates the compile-time checks of the item parameter of a mapper or
+/// reducer whose source is given by path: a mapper's element type must be
+/// the element type of the source's output, which must not be skipped; a
+/// reducer's item type must be the output type of the source's items.
+fn item_checks(
+    private: &TokenStream,
+    cfgs: &[&syn::Attribute],
+    step: &Step,
+    ty: &syn::Type,
+) -> TokenStream {
+    let span = ty.span();
+    match &step.form {
+        Form::MapStep { source } => {
+            let StepRef::Path(path) = &step.dependencies[*source].step else {
+                return TokenStream::new();
+            };
+            let this = step_item(private, path, "This", span);
+            let output = step_item(private, path, "Output", span);
+            let element_of = respan(quote!(#private::ElementOf), span);
+            let map_source = respan(quote!(#private::MapSource), span);
+            quote_spanned! {span=>
+                #(#cfgs)*
+                const _: () = <#ty as #element_of<#this, #output>>::CHECK;
+                #(#cfgs)*
+                const _: () = <#ty as #map_source<#this>>::CHECK;
+            }
+        }
+        Form::Reduce {
+            source: StepRef::Path(path),
+        } => {
+            let this = step_item(private, path, "This", span);
+            let fan_out = respan(quote!(#private::FanOut), span);
+            let item_output = quote_spanned!(span=> <#path as #fan_out>::ItemOutput);
+            let item_output_of = respan(quote!(#private::ItemOutputOf), span);
+            quote_spanned! {span=>
+                #(#cfgs)*
+                const _: () = <#ty as #item_output_of<#this, #item_output>>::CHECK;
+            }
+        }
+        _ => TokenStream::new(),
+    }
 }
 
 /// Builds `<path as Step>::item`, which is a type even when the path names a
@@ -232,10 +295,13 @@ fn full(step: &Step, io: &Io) -> TokenStream {
     let mut decode = Vec::new();
     let mut call_args = Vec::new();
     let mut uses_context = false;
+    let mut yielded = None;
+    let mut accumulator = None;
     for (position, param) in io.params.iter().enumerate() {
         let local = format_ident!("__catbird_{position}");
         let decoded = match param {
             Param::Input(ty) => quote!(#worker::StepArgs::input::<#ty>(&args)),
+            Param::Item(ty) => quote!(#worker::StepArgs::item::<#ty>(&args)),
             Param::Signal(ty) => quote!(#worker::StepArgs::signal::<#ty>(&args)),
             Param::Dependency {
                 index,
@@ -248,6 +314,16 @@ fn full(step: &Step, io: &Io) -> TokenStream {
                 } else {
                     quote!(#worker::StepArgs::dependency::<#ty>(&args, #name))
                 }
+            }
+            Param::Yield(ty) => {
+                yielded = Some(ty);
+                call_args.push(quote!(__catbird_yield));
+                continue;
+            }
+            Param::Accumulator(ty) => {
+                accumulator = Some(ty);
+                call_args.push(quote!(__catbird_accumulator));
+                continue;
             }
             Param::Context(context) => {
                 uses_context = true;
@@ -272,15 +348,150 @@ fn full(step: &Step, io: &Io) -> TokenStream {
 
     // The handler's future is checked for `Send` at the function's name.
     let fn_span = ident.span();
-    let new_handler = respan(quote!(#worker::StepHandler::new::), fn_span);
-    let execute = respan(
-        quote!(move |args, ctx| async move { Self::__catbird_execute(args, ctx).await }),
-        fn_span,
-    );
     let any_error = respan(quote!(#private::AnyError), fn_span);
-    let handler = quote_spanned! {fn_span=>
-        #new_handler<#output, #any_error, _, _>(Self::definition(), #execute)
+    // Every use of the item handler is at its path, so a path that is not
+    // an item handler is reported once.
+    let item_handler = |item: &syn::Path, member: &str| {
+        let member = format_ident!("{member}");
+        respan(
+            quote!(<#item as #private::ItemHandler>::#member),
+            item.span(),
+        )
     };
+    // What the step's dependents receive, and the output of one item for
+    // the fan-out steps, which reducers fold.
+    let (step_output, item_output) = match &step.form {
+        Form::MapInput | Form::MapStep { .. } => {
+            (quote!(#private::Vec<#output>), Some(output.clone()))
+        }
+        Form::Generator { item: Some(item) } => {
+            let item_output = item_handler(item, "Output");
+            (quote!(#private::Vec<#item_output>), Some(item_output))
+        }
+        _ => (output.clone(), None),
+    };
+    let (handler, execute_fn) = match (&step.form, yielded, accumulator) {
+        (Form::Generator { item: Some(item) }, Some(yielded), _) => {
+            let (this, input) = (item_handler(item, "This"), item_handler(item, "Item"));
+            let handle = item_handler(item, "handle");
+            // A yielded type that is not the item handler's is reported at
+            // the `Yielder`'s type argument.
+            let yield_span = yielded.span();
+            let item_of = respan(quote!(#private::ItemOf), yield_span);
+            let into_item = quote_spanned! {yield_span=>
+                <#yielded as #item_of<#this, #input>>::into_item
+            };
+            let new_handler = respan(quote!(#worker::StepHandler::generator::), fn_span);
+            let execute = respan(
+                quote!(move |args, items, ctx| async move {
+                    Self::__catbird_execute(args, items, ctx).await
+                }),
+                fn_span,
+            );
+            let handler = quote_spanned! {fn_span=>
+                #new_handler<#yielded, _, #any_error, #any_error, _, _, _, _>(
+                    Self::definition(),
+                    #execute,
+                    |item: #yielded, ctx| #handle(#into_item(item), ctx),
+                )
+            };
+            let execute_fn = quote! {
+                /// Decodes the arguments and calls the generator. A decoding
+                /// failure fails the attempt.
+                #[allow(dead_code)]
+                async fn __catbird_execute(
+                    args: #worker::StepArgs,
+                    __catbird_yield: #worker::Yielder<#yielded>,
+                    #ctx: #worker::StepContext,
+                ) -> #private::Result<(), #private::AnyError> {
+                    #(#decode)*
+                    let output = Self::call(#(#call_args),*).await;
+                    #into_anyhow
+                }
+            };
+            (handler, execute_fn)
+        }
+        (Form::Reduce { .. }, _, Some(accumulator)) => {
+            let item = io
+                .params
+                .iter()
+                .find_map(|param| match param {
+                    Param::Item(ty) => Some(ty),
+                    _ => None,
+                })
+                .expect("a reducer has an item parameter");
+            let new_handler = respan(quote!(#worker::StepHandler::reducer::), fn_span);
+            let fold = respan(
+                quote!(move |accumulator, item| async move {
+                    Self::__catbird_fold(accumulator, item).await
+                }),
+                fn_span,
+            );
+            let handler = quote_spanned! {fn_span=>
+                #new_handler<#accumulator, #item, #any_error, _, _>(Self::definition(), #fold)
+            };
+            // An accumulator that is not the output is reported at its type.
+            let acc_span = accumulator.span();
+            let from_output = respan(quote!(#private::Accumulator), acc_span);
+            let next = quote_spanned! {acc_span=>
+                <#accumulator as #from_output<#output>>::from_output(output)
+            };
+            let execute_fn = quote! {
+                /// Calls the reducer with the accumulator and one item output.
+                #[allow(dead_code)]
+                async fn __catbird_fold(
+                    __catbird_accumulator: #accumulator,
+                    __catbird_0: #item,
+                ) -> #private::Result<#accumulator, #private::AnyError> {
+                    let output = Self::call(__catbird_accumulator, __catbird_0).await;
+                    let output: #private::Result<#output, #private::AnyError> = #into_anyhow;
+                    let output = output?;
+                    #private::Result::Ok(#next)
+                }
+            };
+            (handler, execute_fn)
+        }
+        _ => {
+            let new_handler = respan(quote!(#worker::StepHandler::new::), fn_span);
+            let execute = respan(
+                quote!(move |args, ctx| async move { Self::__catbird_execute(args, ctx).await }),
+                fn_span,
+            );
+            let handler = quote_spanned! {fn_span=>
+                #new_handler<#output, #any_error, _, _>(Self::definition(), #execute)
+            };
+            let execute_fn = quote! {
+                /// Decodes the arguments and calls the function. A decoding
+                /// failure fails the attempt.
+                #[allow(dead_code)]
+                async fn __catbird_execute(
+                    args: #worker::StepArgs,
+                    #ctx: #worker::StepContext,
+                ) -> #private::Result<#output, #private::AnyError> {
+                    #(#decode)*
+                    let output = Self::call(#(#call_args),*).await;
+                    #into_anyhow
+                }
+            };
+            (handler, execute_fn)
+        }
+    };
+    // A generator's output types name its item handler: at the handler's
+    // path, a path that is not an item handler is reported once.
+    let types_span = match &step.form {
+        Form::Generator { item: Some(item) } => item.span(),
+        _ => Span::call_site(),
+    };
+    let output_item = quote_spanned!(types_span=> type Output = #step_output;);
+    let fan_out = item_output.map(|item_output| {
+        let item_output = quote_spanned!(types_span=> type ItemOutput = #item_output;);
+        quote! {
+            #(#cfgs)*
+            impl #private::FanOut for #ident {
+                #item_output
+            }
+        }
+    });
     let handler_calls = option_calls(&private, &step.handler);
     let definition = definition_body(&private, step);
     let has_condition = step
@@ -336,17 +547,7 @@ fn full(step: &Step, io: &Io) -> TokenStream {
                     #handler_calls
             }
 
-            /// Decodes the arguments and calls the function. A decoding
-            /// failure fails the attempt.
-            #[allow(dead_code)]
-            async fn __catbird_execute(
-                args: #worker::StepArgs,
-                #ctx: #worker::StepContext,
-            ) -> #private::Result<#output, #private::AnyError> {
-                #(#decode)*
-                let output = Self::call(#(#call_args),*).await;
-                #into_anyhow
-            }
+            #execute_fn
         }
 
         #(#cfgs)*
@@ -359,10 +560,11 @@ fn full(step: &Step, io: &Io) -> TokenStream {
         #(#cfgs)*
         impl #private::Step for #ident {
             const NAME: &'static str = #name;
-            type Output = #output;
+            #output_item
             type This = Self;
         }
 
+        #fan_out
 
         #unconditional
 
@@ -432,6 +634,128 @@ fn stand_in(step: &Step) -> TokenStream {
             const NAME: &'static str = #name;
             type Output = ();
             type This = #private::AnyStep;
+        }
+
+        // The stand-in may be a fan-out step or an item handler.
+        #(#cfgs)*
+        impl #private::FanOut for #ident {
+            type ItemOutput = ();
+        }
+
+        #(#cfgs)*
+        impl #private::ItemHandler for #ident {
+            type Item = ();
+            type Output = ();
+            type This = #private::AnyStep;
+
+            fn handle(
+                _: (),
+                _: #worker::StepContext,
+            ) -> #private::Pin<#private::Box<
+                dyn #private::Future<Output = #private::Result<(), #private::AnyError>> + Send,
+            >> {
+                #stand_in
+            }
+        }
+    }
+}
+
+/// Generates the expansion of a valid item handler: a struct with `call`,
+/// which implements `ItemHandler` for the generators that name it.
+fn item_handler(step: &Step, io: &Io) -> TokenStream {
+    let krate = &step.krate;
+    let private = quote!(#krate::__private);
+    let worker = quote!(#private::catbird_worker);
+    let function = &step.function;
+    let vis = &function.vis;
+    let ident = &function.sig.ident;
+    let attrs = Attrs::split(&function.attrs);
+    let cfgs = &attrs.cfgs;
+    let docs = &attrs.docs;
+    let generated = doc_lines(
+        !docs.is_empty(),
+        &[
+            format!(
+                "The item handler `{ident}`, defined by `#[catbird::step(item)]`: \
+                 `generator(item = {ident})` makes it process the items of a generator step."
+            ),
+            String::new(),
+            format!("`{ident}::call(...)` calls the function directly, outside catbird."),
+        ],
+    );
+    let call = call_fn(function, &function.sig, &attrs, Kind::Step);
+
+    let returned = &io.output.ty;
+    let returned_span = returned.span();
+    let output = match &io.output.ok {
+        Some(ok) => ok.to_token_stream(),
+        None => {
+            let result = respan(quote!(#private::StepResult), returned_span);
+            quote_spanned!(returned_span=> <#returned as #result>::Ok)
+        }
+    };
+    let err_span = io.output.err.as_ref().map_or(returned_span, Spanned::span);
+    let into_anyhow = respan(
+        quote!(#private::Result::map_err(output, #private::Into::into)),
+        err_span,
+    );
+    let mut item = None;
+    let mut call_args = Vec::new();
+    let mut uses_context = false;
+    for param in &io.params {
+        match param {
+            Param::Item(ty) => {
+                item = Some(ty);
+                call_args.push(quote!(item));
+            }
+            Param::Context(Context::Borrowed) => {
+                uses_context = true;
+                call_args.push(quote!(&ctx));
+            }
+            Param::Context(Context::Owned) => {
+                uses_context = true;
+                call_args.push(quote!(ctx));
+            }
+            _ => {}
+        }
+    }
+    let ctx = if uses_context { quote!(ctx) } else { quote!(_) };
+    let fn_span = ident.span();
+    let boxed = respan(
+        quote!(#private::Box::pin(async move {
+            let output = Self::call(#(#call_args),*).await;
+            #into_anyhow
+        })),
+        fn_span,
+    );
+
+    quote! {
+        #(#cfgs)*
+        #(#docs)*
+        #generated
+        #[allow(non_camel_case_types, dead_code)]
+        #[derive(Debug, Clone, Copy)]
+        #vis struct #ident {}
+
+        #(#cfgs)*
+        impl #ident {
+            #call
+        }
+
+        #(#cfgs)*
+        impl #private::ItemHandler for #ident {
+            type Item = #item;
+            type Output = #output;
+            type This = Self;
+
+            fn handle(
+                item: #item,
+                #ctx: #worker::StepContext,
+            ) -> #private::Pin<#private::Box<
+                dyn #private::Future<Output = #private::Result<#output, #private::AnyError>> + Send,
+            >> {
+                #boxed
+            }
         }
     }
 }

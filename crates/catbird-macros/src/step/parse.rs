@@ -9,7 +9,8 @@ use syn::parse::{Lookahead1, ParseStream};
 use syn::{LitStr, Path, Token, token};
 
 use crate::common::parse::{
-    HandlerArgs, Key, Opt, eq_value, key, kw, parse_handler_option, parse_list, set, unknown_option,
+    HandlerArgs, Key, Opt, eq_value, key, kw, paren_list, parse_handler_option, parse_list, set,
+    unknown_option,
 };
 use crate::errors::Errors;
 
@@ -22,6 +23,11 @@ pub(crate) const STEP_OPTIONS: &[&str] = &[
     "signal",
     "ignore_output",
     "optional",
+    "map_input",
+    "map",
+    "generator",
+    "reduce",
+    "item",
     "concurrency",
     "batch_size",
     "timeout",
@@ -42,8 +48,30 @@ pub(crate) struct StepArgs {
     pub(crate) signal: Option<Key>,
     pub(crate) ignore_output: Option<Opt<Vec<StepRef>>>,
     pub(crate) optional: Option<Opt<Vec<StepRef>>>,
+    /// The `map_input` flag: where it was written.
+    pub(crate) map_input: Option<Key>,
+    /// `map = "source"` or `map = source`.
+    pub(crate) map: Option<Opt<StepRef>>,
+    /// `generator(item = handler)`.
+    pub(crate) generator: Option<Opt<GeneratorArgs>>,
+    /// `reduce = "source"` or `reduce = source`.
+    pub(crate) reduce: Option<Opt<StepRef>>,
+    /// The `item` flag, which makes the function a generator's item
+    /// handler: where it was written.
+    pub(crate) item: Option<Key>,
     pub(crate) handler: HandlerArgs,
     pub(crate) krate: Option<Opt<LitStr>>,
+}
+
+/// The options inside `generator(...)`.
+pub(crate) const GENERATOR_OPTIONS: &[&str] = &["item"];
+
+/// `generator(item = handler)`.
+#[derive(Default)]
+pub(crate) struct GeneratorArgs {
+    /// The path of the item handler, a function under
+    /// `#[catbird::step(item)]`.
+    pub(crate) item: Option<Opt<Path>>,
 }
 
 /// A step named in `depends_on`, `ignore_output` or `optional`: by its
@@ -156,6 +184,44 @@ fn parse_step_option(
         let key = key::<kw::optional>(input, "optional")?;
         let value = step_list(input, key, errors)?;
         set(&mut args.optional, value, errors);
+    } else if lookahead.peek(kw::map_input) {
+        let key = key::<kw::map_input>(input, "map_input")?;
+        flag(
+            input,
+            key,
+            "`map_input` takes no value: write `map_input` to map over the flow input",
+        )?;
+        if args.map_input.is_some() {
+            errors.at_span(key.span, "`map_input` is given twice; remove one of them");
+        } else {
+            args.map_input = Some(key);
+        }
+    } else if lookahead.peek(kw::map) {
+        let key = key::<kw::map>(input, "map")?;
+        let value = source(input, key)?;
+        set(&mut args.map, value, errors);
+    } else if lookahead.peek(kw::generator) {
+        let key = key::<kw::generator>(input, "generator")?;
+        let example = "generator(item = double)";
+        let value = paren_list(input, key, example, errors, parse_generator_option)?;
+        set(&mut args.generator, value, errors);
+    } else if lookahead.peek(kw::reduce) {
+        let key = key::<kw::reduce>(input, "reduce")?;
+        let value = source(input, key)?;
+        set(&mut args.reduce, value, errors);
+    } else if lookahead.peek(kw::item) {
+        let key = key::<kw::item>(input, "item")?;
+        flag(
+            input,
+            key,
+            "`item` takes no value: write `item` to make the function a generator's item \
+             handler, and `generator(item = ...)` on the generator",
+        )?;
+        if args.item.is_some() {
+            errors.at_span(key.span, "`item` is given twice; remove one of them");
+        } else {
+            args.item = Some(key);
+        }
     } else if lookahead.peek(Token![crate]) {
         let key = key::<Token![crate]>(input, "crate")?;
         let value = eq_value(
@@ -167,6 +233,66 @@ fn parse_step_option(
         set(&mut args.krate, value, errors);
     } else if !parse_handler_option(input, &lookahead, &mut args.handler, errors)? {
         return Err(unknown_option(input, lookahead, "step", STEP_OPTIONS));
+    }
+    Ok(())
+}
+
+/// Fails with `message` when the flag `key` is given a value.
+fn flag(input: ParseStream<'_>, key: Key, message: &str) -> syn::Result<()> {
+    if input.peek(Token![=]) || input.peek(token::Paren) {
+        return Err(syn::Error::new(key.span, message));
+    }
+    Ok(())
+}
+
+/// Parses `= "source"` or `= source` after `map` or `reduce`.
+fn source(input: ParseStream<'_>, key: Key) -> syn::Result<Opt<StepRef>> {
+    let example = format!("{} = \"numbers\"` or `{} = numbers", key.name, key.name);
+    if !input.peek(Token![=]) {
+        return Err(syn::Error::new(
+            key.span,
+            format_args!(
+                "`{}` takes one step name or step function: write `{example}`",
+                key.name
+            ),
+        ));
+    }
+    input.parse::<Token![=]>()?;
+    let lookahead = input.lookahead1();
+    let step = step_ref(input, lookahead, key, &example).map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format_args!(
+                "`{}` takes one step name or step function: write `{example}`",
+                key.name
+            ),
+        )
+    })?;
+    Ok(Opt { key, value: step })
+}
+
+fn parse_generator_option(
+    input: ParseStream<'_>,
+    args: &mut GeneratorArgs,
+    errors: &mut Errors,
+) -> syn::Result<()> {
+    let lookahead = input.lookahead1();
+    if lookahead.peek(kw::item) {
+        let key = key::<kw::item>(input, "item")?;
+        let value = eq_value(
+            input,
+            key,
+            "the path of a function under `#[catbird::step(item)]`",
+            "item = double",
+        )?;
+        set(&mut args.item, value, errors);
+    } else {
+        return Err(unknown_option(
+            input,
+            lookahead,
+            "generator",
+            GENERATOR_OPTIONS,
+        ));
     }
     Ok(())
 }
@@ -376,8 +502,40 @@ mod tests {
             [
                 "unknown step option `depends`; did you mean `depends_on`? expected one of \
                  `name`, `description`, `depends_on`, `condition`, `signal`, `ignore_output`, \
-                 `optional`, `concurrency`, `batch_size`, `timeout`, `max_retries`, `backoff`, \
-                 `circuit_breaker`, `crate`"
+                 `optional`, `map_input`, `map`, `generator`, `reduce`, `item`, `concurrency`, \
+                 `batch_size`, `timeout`, `max_retries`, `backoff`, `circuit_breaker`, `crate`"
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_the_fan_out_options() {
+        let (args, errors) = parse(quote!(map = crate::steps::numbers, reduce = "double", item));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(args.map.unwrap().value.written(), "crate::steps::numbers");
+        assert_eq!(args.reduce.unwrap().value.key(), "double");
+        assert!(args.item.is_some());
+
+        let (args, errors) = parse(quote!(map_input, generator(item = items::double)));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(args.map_input.is_some());
+        let item = args.generator.unwrap().value.item.unwrap().value;
+        assert_eq!(quote!(#item).to_string(), "items :: double");
+
+        let (_, errors) = parse(quote!(
+            map,
+            map_input = true,
+            generator,
+            generator(items = x)
+        ));
+        assert_eq!(
+            errors,
+            [
+                "`map` takes one step name or step function: write `map = \"numbers\"` or \
+                 `map = numbers`",
+                "`map_input` takes no value: write `map_input` to map over the flow input",
+                "`generator` takes a list of options: write `generator(item = double)`",
+                "unknown generator option `items`; did you mean `item`? expected one of `item`",
             ]
         );
     }

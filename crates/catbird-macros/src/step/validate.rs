@@ -10,7 +10,7 @@ use syn::{
 
 use super::parse::{StepArgs, StepRef};
 use crate::common::Kind;
-use crate::common::parse::{Function, Opt};
+use crate::common::parse::{Function, Key, Opt};
 use crate::common::validate::{
     Context, HandlerOpts, Output, check_modifiers, check_name, check_output, context_kind,
     crate_path, doc_summary, handler_opts, owned_form,
@@ -38,14 +38,36 @@ pub(crate) struct Step {
     /// Whether the step waits for a signal.
     pub(crate) signal: bool,
     pub(crate) handler: HandlerOpts,
-    /// The dependencies, in `depends_on` order.
+    /// The dependencies, in `depends_on` order, then the map source when
+    /// `depends_on` does not list it.
     pub(crate) dependencies: Vec<Dependency>,
+    /// What the step does with its function: one call, one call per item,
+    /// a generator, a fold, or an item handler.
+    pub(crate) form: Form,
     /// The function as written.
     pub(crate) function: Function,
     /// The parameters, by what they receive, and the output. `None` when the
     /// signature or the dependencies cannot make a step, so only a stand-in
     /// is generated.
     pub(crate) io: Option<Io>,
+}
+
+/// What a step does with its function.
+pub(crate) enum Form {
+    /// One call per step run.
+    Normal,
+    /// `map_input`: one call per element of the flow input.
+    MapInput,
+    /// `map = source`: one call per element of the output of
+    /// `dependencies[source]`.
+    MapStep { source: usize },
+    /// `generator(item = handler)`: the function yields items, which the
+    /// item handler at `item` processes.
+    Generator { item: Option<Path> },
+    /// `reduce = source`: folds the item outputs of `source`.
+    Reduce { source: StepRef },
+    /// `item`: the item handler of a generator step, not a step itself.
+    Item,
 }
 
 /// One dependency of the step.
@@ -74,6 +96,13 @@ pub(crate) struct Io {
 pub(crate) enum Param {
     /// The flow input, of this type.
     Input(Type),
+    /// The item: an element of the mapped array for a mapper, the item
+    /// for an item handler, the item output for a reducer.
+    Item(Type),
+    /// A generator's `Yielder<T>`, with `T`.
+    Yield(Type),
+    /// A reducer's accumulator, of this type.
+    Accumulator(Type),
     /// The signal input, of this type.
     Signal(Type),
     /// The output of `dependencies[index]`, of type `ty`, wrapped in an
@@ -101,7 +130,12 @@ pub(crate) fn validate(args: StepArgs, function: Function, errors: &mut Errors) 
 
     let found_before = errors.count();
     let mut dependencies = dependencies(&args, &name, &function.sig.ident, errors);
-    let io = signature(&function, &args, &mut dependencies, errors);
+    let form = form(&args, &name, &function.sig.ident, &dependencies, errors);
+    let io = match &form {
+        Form::Reduce { source } => reducer_signature(&function, source, &dependencies, errors),
+        Form::Item => item_signature(&function, errors),
+        form => signature(&function, &args, form, &mut dependencies, errors),
+    };
     let io = if errors.count() > found_before {
         None
     } else {
@@ -121,6 +155,7 @@ pub(crate) fn validate(args: StepArgs, function: Function, errors: &mut Errors) 
         signal,
         handler,
         dependencies,
+        form,
         function,
         io,
     }
@@ -186,6 +221,23 @@ fn dependencies(
             });
         }
     }
+    if let Some(map) = &args.map {
+        // The map source is a dependency (R-FDEF-3), appended when
+        // `depends_on` does not list it.
+        let key = map.value.key();
+        let reported = !check_source(&map.value, "map", name, ident, errors);
+        if !dependencies
+            .iter()
+            .any(|dependency| dependency.step.key() == key)
+        {
+            dependencies.push(Dependency {
+                step: map.value.clone(),
+                optional: false,
+                ignore_output: false,
+                reported,
+            });
+        }
+    }
     if let Some(ignored) = &args.ignore_output {
         mark(ignored, &mut dependencies, errors, |dependency| {
             &mut dependency.ignore_output
@@ -196,7 +248,203 @@ fn dependencies(
             &mut dependency.optional
         });
     }
+    if let Some(map) = &args.map {
+        let key = map.value.key();
+        if let Some(source) = dependencies
+            .iter_mut()
+            .find(|dependency| dependency.step.key() == key)
+        {
+            if source.ignore_output {
+                errors.at(
+                    &map.value,
+                    format_args!(
+                        "the step maps the output of `{key}`, so it cannot ignore it: remove \
+                         `{key}` from `ignore_output`"
+                    ),
+                );
+                source.reported = true;
+            }
+            if source.optional {
+                errors.at(
+                    &map.value,
+                    format_args!(
+                        "the step maps the output of `{key}`, which must therefore complete: \
+                         remove `{key}` from `optional`"
+                    ),
+                );
+                source.reported = true;
+            }
+        }
+    }
     dependencies
+}
+
+/// Checks the source of `map` or `reduce`: a valid step name that is not
+/// reserved, and not the step itself. Returns whether it passed.
+fn check_source(
+    step: &StepRef,
+    option: &str,
+    name: &str,
+    ident: &Ident,
+    errors: &mut Errors,
+) -> bool {
+    let key = step.key();
+    let itself = match step {
+        StepRef::Name(literal) => {
+            if key == "input" {
+                let message = if option == "map" {
+                    "to map over the flow input, write `map_input` instead of `map = \"input\"`"
+                } else {
+                    "`input` is not a step: `reduce` names the mapper or generator step whose \
+                     item outputs it folds"
+                };
+                errors.at(literal, message);
+                return false;
+            }
+            if let Err(problem) = check_name(Kind::Step, &key, RESERVED_NAMES) {
+                let problem = problem.message(|fixed| format!("\"{fixed}\""));
+                errors.at(
+                    literal,
+                    format_args!("invalid step name `{key}` in `{option}`: {problem}"),
+                );
+                return false;
+            }
+            key == name
+        }
+        StepRef::Path(_) => ident.unraw() == key,
+    };
+    if itself {
+        errors.at(
+            step,
+            format_args!("a step cannot {option} its own output: name another step in `{option}`"),
+        );
+    }
+    !itself
+}
+
+/// Finds the step's form from `map_input`, `map`, `generator`, `reduce`
+/// and `item`, and reports the combinations and the options that do not
+/// apply to it.
+fn form(
+    args: &StepArgs,
+    name: &str,
+    ident: &Ident,
+    dependencies: &[Dependency],
+    errors: &mut Errors,
+) -> Form {
+    let kinds: Vec<Key> = [
+        args.map_input,
+        args.map.as_ref().map(|map| map.key),
+        args.generator.as_ref().map(|generator| generator.key),
+        args.reduce.as_ref().map(|reduce| reduce.key),
+        args.item,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let Some(first) = kinds.first() else {
+        return Form::Normal;
+    };
+    for other in &kinds[1..] {
+        errors.at_span(other.span, combined(first.name, other.name));
+    }
+    match first.name {
+        "map_input" => Form::MapInput,
+        "map" => {
+            let key = args
+                .map
+                .as_ref()
+                .map(|map| map.value.key())
+                .unwrap_or_default();
+            let source = dependencies
+                .iter()
+                .position(|dependency| dependency.step.key() == key)
+                .unwrap_or_default();
+            Form::MapStep { source }
+        }
+        "generator" => {
+            let generator = args.generator.as_ref().expect("`generator` was given");
+            let item = generator.value.item.as_ref().map(|item| item.value.clone());
+            if item.is_none() {
+                errors.at_span(
+                    generator.key.span,
+                    "`generator` is missing `item`, the function that processes each item: \
+                     write `generator(item = double)`, where `double` is an `async fn` under \
+                     `#[catbird::step(item)]`",
+                );
+            }
+            Form::Generator { item }
+        }
+        "reduce" => {
+            let reduce = args.reduce.as_ref().expect("`reduce` was given");
+            check_source(&reduce.value, "reduce", name, ident, errors);
+            if let Some(signal) = args.signal {
+                errors.at_span(
+                    signal.span,
+                    "a reducer does not wait for a signal: it receives only its accumulator \
+                     and the item outputs it folds; remove `signal`",
+                );
+            }
+            Form::Reduce {
+                source: reduce.value.clone(),
+            }
+        }
+        _ => {
+            for key in step_options(args) {
+                errors.at_span(
+                    key.span,
+                    format_args!(
+                        "`{}` does not apply to an item handler, which processes the items of \
+                         the generator steps that name it: set it on the generator step",
+                        key.name
+                    ),
+                );
+            }
+            Form::Item
+        }
+    }
+}
+
+/// Explains why the kind options `first` and `second` cannot be combined.
+fn combined(first: &str, second: &str) -> String {
+    match (first, second) {
+        ("map_input", "map") => "`map_input` maps the flow input and `map` maps a step's \
+                                 output, and a step maps one array: keep one of them"
+            .to_owned(),
+        ("map_input" | "map", "reduce") => format!(
+            "a step cannot both map and reduce: keep `{first}` on this step and fold its item \
+             outputs in another step with `reduce = \"<this step>\"`"
+        ),
+        _ => format!(
+            "`{second}` cannot be combined with `{first}`: a step is a mapper (`map_input` or \
+             `map`), a generator (`generator(...)`), a reducer (`reduce`) or a generator's item \
+             handler (`item`); keep one of them"
+        ),
+    }
+}
+
+/// The keys of the options given to `args`, other than the kind options
+/// and `crate`.
+fn step_options(args: &StepArgs) -> Vec<Key> {
+    let handler = &args.handler;
+    [
+        args.name.as_ref().map(|opt| opt.key),
+        args.description.as_ref().map(|opt| opt.key),
+        args.depends_on.as_ref().map(|opt| opt.key),
+        args.condition.as_ref().map(|opt| opt.key),
+        args.signal,
+        args.ignore_output.as_ref().map(|opt| opt.key),
+        args.optional.as_ref().map(|opt| opt.key),
+        handler.concurrency.as_ref().map(|opt| opt.key),
+        handler.batch_size.as_ref().map(|opt| opt.key),
+        handler.timeout.as_ref().map(|opt| opt.key),
+        handler.max_retries.as_ref().map(|opt| opt.key),
+        handler.backoff.as_ref().map(|opt| opt.key),
+        handler.circuit_breaker.as_ref().map(|opt| opt.key),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Checks one `depends_on` entry: a valid step name that is not reserved,
@@ -289,6 +537,7 @@ fn mark(
 fn signature(
     function: &Function,
     args: &StepArgs,
+    form: &Form,
     dependencies: &mut [Dependency],
     errors: &mut Errors,
 ) -> Option<Io> {
@@ -298,11 +547,13 @@ fn signature(
 
     let mut matcher = Matcher {
         args,
+        form,
         dependencies,
         received: Vec::new(),
         params: Vec::new(),
         signal: false,
         context: false,
+        yielder: None,
     };
     matcher.received.resize(matcher.dependencies.len(), false);
 
@@ -311,6 +562,13 @@ fn signature(
     // likely the input.
     let mut input_position = 0;
     match inputs.next() {
+        None if matches!(form, Form::MapInput) => errors.at_span(
+            sig.paren_token.span.join(),
+            format_args!(
+                "a mapper over the flow input takes the item, an element of the flow input, as \
+                 its first parameter: write `async fn {name}(item: Item)`"
+            ),
+        ),
         None => errors.at_span(
             sig.paren_token.span.join(),
             format_args!(
@@ -344,8 +602,26 @@ fn signature(
         }
     }
     matcher.unmatched(errors);
+    matcher.check_yielder(sig, errors);
 
     let output = check_output(sig, Kind::Step, errors);
+    if let (Form::Generator { item }, Some(Output { ok: Some(ok), .. })) = (form, &output) {
+        if !matches!(ok, Type::Tuple(tuple) if tuple.elems.is_empty()) {
+            let item = item.as_ref().map_or_else(
+                || "its item handler".to_owned(),
+                |item| format!("`{}`", quote::quote!(#item)),
+            );
+            errors.at(
+                ok,
+                format_args!(
+                    "a generator returns `Result<()>`: the step's output is the array of its \
+                     items' outputs, which {item} returns; return `Ok(())` once every item is \
+                     yielded"
+                ),
+            );
+            return None;
+        }
+    }
     Some(Io {
         params: matcher.params,
         output: output?,
@@ -356,6 +632,7 @@ fn signature(
 /// and the context.
 struct Matcher<'a> {
     args: &'a StepArgs,
+    form: &'a Form,
     dependencies: &'a mut [Dependency],
     /// Whether a parameter receives `dependencies[i]`.
     received: Vec<bool>,
@@ -364,9 +641,11 @@ struct Matcher<'a> {
     signal: bool,
     /// Whether a context parameter was seen.
     context: bool,
+    /// A generator's `Yielder` parameter and its place in `params`.
+    yielder: Option<(usize, &'a PatType)>,
 }
 
-impl Matcher<'_> {
+impl<'a> Matcher<'a> {
     /// Matches the first parameter, which receives the flow input.
     fn input(&mut self, param: &PatType, name: &Ident, errors: &mut Errors) {
         if let Some(attr) = signal_attr(&param.attrs) {
@@ -403,14 +682,18 @@ impl Matcher<'_> {
             );
             return;
         }
-        if let Some(ty) = owned(&param.ty, "its flow input", errors) {
+        if matches!(self.form, Form::MapInput) {
+            if let Some(ty) = owned(&param.ty, "its item", errors) {
+                self.params.push(Param::Item(ty));
+            }
+        } else if let Some(ty) = owned(&param.ty, "its flow input", errors) {
             self.params.push(Param::Input(ty));
         }
     }
 
     /// Matches a parameter after the flow input. `second` is true when it
     /// comes right after the input, and `last` when it comes last.
-    fn param(&mut self, param: &PatType, second: bool, last: bool, errors: &mut Errors) {
+    fn param(&mut self, param: &'a PatType, second: bool, last: bool, errors: &mut Errors) {
         if let Some(attr) = signal_attr(&param.attrs) {
             self.signal_param(param, attr, second, errors);
             return;
@@ -443,6 +726,10 @@ impl Matcher<'_> {
                 return;
             }
             Ok(None) => {}
+        }
+        if let Some(item) = yielder_item(&param.ty) {
+            self.yield_param(param, item, errors);
+            return;
         }
         match self.dependency_named(&param.pat) {
             Some(index) => self.dependency_param(param, index, errors),
@@ -485,8 +772,67 @@ impl Matcher<'_> {
         }
     }
 
+    /// Matches a generator's `Yielder<item>` parameter.
+    fn yield_param(&mut self, param: &'a PatType, item: &Type, errors: &mut Errors) {
+        if !matches!(self.form, Form::Generator { .. }) {
+            errors.at(
+                &param.ty,
+                "a `Yielder` yields the items of a generator step: add \
+                 `generator(item = ...)` to the attribute, naming the function that processes \
+                 each item",
+            );
+            return;
+        }
+        if self.yielder.is_some() {
+            errors.at(
+                param,
+                "a generator yields its items through one `Yielder`; remove this parameter",
+            );
+            return;
+        }
+        self.yielder = Some((self.params.len(), param));
+        self.params.push(Param::Yield(item.clone()));
+    }
+
+    /// Checks that a generator has a `Yielder`, after the dependencies and
+    /// before the context.
+    fn check_yielder(&self, sig: &syn::Signature, errors: &mut Errors) {
+        if !matches!(self.form, Form::Generator { .. }) {
+            return;
+        }
+        match self.yielder {
+            None => errors.at_span(
+                sig.paren_token.span.join(),
+                "a generator yields its items through a `Yielder<Item>` parameter after its \
+                 dependencies: add `items: catbird::worker::Yielder<Item>`",
+            ),
+            Some((position, param)) => {
+                let misplaced = self.params[position + 1..]
+                    .iter()
+                    .any(|param| !matches!(param, Param::Context(_)));
+                if misplaced {
+                    let moved = match &*param.pat {
+                        Pat::Ident(pat) => format!("`{}`", pat.ident),
+                        _ => "it".to_owned(),
+                    };
+                    errors.at(
+                        param,
+                        format_args!(
+                            "the `Yielder` comes after the dependencies, and before the context \
+                             only: move {moved} there"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn dependency_param(&mut self, param: &PatType, index: usize, errors: &mut Errors) {
         self.received[index] = true;
+        if matches!(self.form, Form::MapStep { source } if *source == index) {
+            self.element_param(param, index, errors);
+            return;
+        }
         let dependency = &mut self.dependencies[index];
         let key = dependency.step.key();
         if dependency.ignore_output {
@@ -524,6 +870,30 @@ impl Matcher<'_> {
                 ty,
                 optional,
             });
+        }
+    }
+
+    /// Matches the parameter named after the map source, which receives
+    /// one element of its output.
+    fn element_param(&mut self, param: &PatType, index: usize, errors: &mut Errors) {
+        let dependency = &self.dependencies[index];
+        if dependency.reported {
+            return;
+        }
+        let key = dependency.step.key();
+        if let Some(inner) = option_inner(&param.ty) {
+            errors.at(
+                &param.ty,
+                format_args!(
+                    "the step maps the output of `{key}`, which must complete, and `{key}` \
+                     receives one element of it: write `{key}: {}`",
+                    quote::quote!(#inner)
+                ),
+            );
+            return;
+        }
+        if let Some(ty) = owned(&param.ty, &format!("each element of `{key}`"), errors) {
+            self.params.push(Param::Item(ty));
         }
     }
 
@@ -592,6 +962,21 @@ impl Matcher<'_> {
                 continue;
             }
             let key = dependency.step.key();
+            if let Some(map) = self.args.map.as_ref().filter(|map| map.value.key() == key) {
+                if !matches!(self.form, Form::MapStep { .. }) {
+                    // `map` is combined with another kind, which is
+                    // reported.
+                    continue;
+                }
+                errors.at(
+                    &map.value,
+                    format_args!(
+                        "no parameter receives the elements of `{key}`, which the step maps: \
+                         add a parameter `{key}` of its element type after the flow input"
+                    ),
+                );
+                continue;
+            }
             errors.at(
                 &dependency.step,
                 format_args!(
@@ -625,6 +1010,173 @@ impl Matcher<'_> {
             .iter()
             .position(|dependency| dependency.step.key() == ident)
     }
+}
+
+/// Returns the `T` of a type spelt `Yielder<T>` (or with a path to
+/// `Yielder`).
+fn yielder_item(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Paren(inner) => yielder_item(&inner.elem),
+        Type::Group(inner) => yielder_item(&inner.elem),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            if last.ident != "Yielder" {
+                return None;
+            }
+            let PathArguments::AngleBracketed(args) = &last.arguments else {
+                return None;
+            };
+            match args.args.iter().collect::<Vec<_>>()[..] {
+                [GenericArgument::Type(inner)] => Some(inner),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Checks the signature of a reducer: `(accumulator, item)`.
+fn reducer_signature(
+    function: &Function,
+    source: &StepRef,
+    dependencies: &[Dependency],
+    errors: &mut Errors,
+) -> Option<Io> {
+    let sig = &function.sig;
+    let name = &sig.ident;
+    check_modifiers(sig, Kind::Step, errors);
+    let source_key = source.key();
+    let mut params = Vec::new();
+    for (position, arg) in sig.inputs.iter().enumerate() {
+        let param = match arg {
+            FnArg::Receiver(receiver) => {
+                errors.at(
+                    receiver,
+                    "a step cannot take `self`: write it as a free function outside the \
+                     `impl` block",
+                );
+                continue;
+            }
+            FnArg::Typed(param) => param,
+        };
+        if position >= 2 {
+            errors.at(
+                param,
+                format_args!(
+                    "a reducer takes only its accumulator and one item output of \
+                     `{source_key}`: it receives neither the flow input, the signal, other \
+                     dependencies' outputs nor the context; remove this parameter"
+                ),
+            );
+        } else if let Some(attr) = signal_attr(&param.attrs) {
+            errors.at(
+                attr,
+                "a reducer receives no signal input: it takes its accumulator and one item \
+                 output",
+            );
+        } else if context_kind(&param.ty, "StepContext") != Ok(None) {
+            errors.at(
+                &param.ty,
+                "a reducer receives no context: it takes its accumulator and one item output",
+            );
+        } else if position == 0 {
+            if let Type::Reference(reference) = &*param.ty {
+                errors.at(
+                    &param.ty,
+                    format_args!(
+                        "a reducer takes its accumulator by value and returns the next one: \
+                         write `{}`",
+                        owned_form(reference)
+                    ),
+                );
+            } else {
+                params.push(Param::Accumulator((*param.ty).clone()));
+            }
+        } else if let Some(ty) = owned(&param.ty, "each item output", errors) {
+            params.push(Param::Item(ty));
+        }
+    }
+    if sig.inputs.len() < 2 {
+        errors.at_span(
+            sig.paren_token.span.join(),
+            format_args!(
+                "a reducer takes its accumulator, which starts as its type's default value, \
+                 and one item output of `{source_key}`, and returns the next accumulator: \
+                 write `async fn {name}(total: u64, item: u64) -> anyhow::Result<u64>`"
+            ),
+        );
+    }
+    for dependency in dependencies {
+        if dependency.ignore_output || dependency.reported {
+            continue;
+        }
+        let key = dependency.step.key();
+        errors.at(
+            &dependency.step,
+            format_args!(
+                "a reducer receives only its accumulator and the item outputs of \
+                 `{source_key}`, so it waits for `{key}` without its output: add \
+                 `ignore_output({})`",
+                dependency.step.written()
+            ),
+        );
+    }
+    let output = check_output(sig, Kind::Step, errors)?;
+    Some(Io { params, output })
+}
+
+/// Checks the signature of a generator's item handler: `(item, [ctx])`.
+fn item_signature(function: &Function, errors: &mut Errors) -> Option<Io> {
+    let sig = &function.sig;
+    let name = &sig.ident;
+    check_modifiers(sig, Kind::Step, errors);
+    let mut params = Vec::new();
+    for (position, arg) in sig.inputs.iter().enumerate() {
+        let param = match arg {
+            FnArg::Receiver(receiver) => {
+                errors.at(
+                    receiver,
+                    "an item handler cannot take `self`: write it as a free function outside \
+                     the `impl` block",
+                );
+                continue;
+            }
+            FnArg::Typed(param) => param,
+        };
+        if let Some(attr) = signal_attr(&param.attrs) {
+            errors.at(
+                attr,
+                "an item handler receives no signal input: it takes the item and, last, the \
+                 context",
+            );
+            continue;
+        }
+        match (position, context_kind(&param.ty, "StepContext")) {
+            (_, Err(message)) => errors.at(&param.ty, message),
+            (1, Ok(Some(context))) => params.push(Param::Context(context)),
+            (0, Ok(None)) => {
+                if let Some(ty) = owned(&param.ty, "its item", errors) {
+                    params.push(Param::Item(ty));
+                }
+            }
+            _ => errors.at(
+                param,
+                "an item handler takes the item, then optionally the context: \
+                 `async fn double(item: u32, ctx: &StepContext)`; remove this parameter",
+            ),
+        }
+    }
+    if sig.inputs.is_empty() {
+        errors.at_span(
+            sig.paren_token.span.join(),
+            format_args!(
+                "an item handler takes the item that the generator yielded as its first \
+                 parameter: write `async fn {name}(item: Item) -> anyhow::Result<Output>`"
+            ),
+        );
+    }
+    let output = check_output(sig, Kind::Step, errors)?;
+    Some(Io { params, output })
 }
 
 /// Finds the `#[signal]` attribute among a parameter's attributes.
@@ -1050,5 +1602,85 @@ mod tests {
         assert!(option_inner(&ty).is_none());
         let ty: Type = syn::parse_quote!(Option);
         assert!(option_inner(&ty).is_none());
+    }
+
+    #[test]
+    fn finds_the_form_and_its_parameters() {
+        let (step, errors) = check(
+            quote!(map = "numbers"),
+            quote!(
+                async fn double(input: u32, numbers: u32) -> anyhow::Result<u32> {}
+            ),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(matches!(step.form, Form::MapStep { source: 0 }));
+        assert_eq!(flags(&step), [("numbers".to_owned(), false, false)]);
+        let params = step.io.unwrap().params;
+        assert!(matches!(params[..], [Param::Input(_), Param::Item(_)]));
+
+        let (step, errors) = check(
+            quote!(generator(item = double), depends_on("seed")),
+            quote!(
+                async fn numbers(
+                    input: u32,
+                    seed: u32,
+                    out: Yielder<u32>,
+                    ctx: &StepContext,
+                ) -> anyhow::Result<()> {
+                }
+            ),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(matches!(step.form, Form::Generator { item: Some(_) }));
+        let params = step.io.unwrap().params;
+        assert!(matches!(
+            params[..],
+            [
+                Param::Input(_),
+                Param::Dependency { .. },
+                Param::Yield(_),
+                Param::Context(_)
+            ]
+        ));
+    }
+
+    #[test]
+    fn reports_fan_out_mistakes() {
+        let (_, errors) = check(
+            quote!(map = "numbers", optional("numbers"), generator(item = x)),
+            quote!(
+                async fn double(
+                    input: u32,
+                    numbers: u32,
+                    out: Yielder<u32>,
+                ) -> anyhow::Result<u32> {
+                }
+            ),
+        );
+        assert_eq!(
+            errors,
+            [
+                "the step maps the output of `numbers`, which must therefore complete: remove \
+                 `numbers` from `optional`",
+                "`generator` cannot be combined with `map`: a step is a mapper (`map_input` or \
+                 `map`), a generator (`generator(...)`), a reducer (`reduce`) or a generator's \
+                 item handler (`item`); keep one of them",
+                "a `Yielder` yields the items of a generator step: add `generator(item = ...)` \
+                 to the attribute, naming the function that processes each item",
+            ]
+        );
+
+        let (_, errors) = check(
+            quote!(reduce = "sum", signal, depends_on("audit")),
+            quote!(
+                async fn sum(total: &u32) -> anyhow::Result<u32> {}
+            ),
+        );
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors[0].starts_with("a step cannot reduce its own output"));
+        assert!(errors[1].starts_with("a reducer does not wait for a signal"));
+        assert!(errors[2].starts_with("a reducer takes its accumulator by value"));
+        assert!(errors[3].starts_with("a reducer takes its accumulator, which starts"));
+        assert!(errors[4].ends_with("add `ignore_output(\"audit\")`"));
     }
 }
