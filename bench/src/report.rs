@@ -205,7 +205,10 @@ pub(crate) fn write_json(
         "cpu_model": cpu_model(),
         "memory_mib": memory_kib() / 1024,
     });
-    let command: Vec<String> = std::env::args().collect();
+    // `cargo xtask bench` passes its own command line; run directly, the
+    // binary records its arguments.
+    let command = std::env::var("CB_BENCH_COMMAND")
+        .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
     let report = serde_json::json!({
         "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "command": command,

@@ -32,7 +32,7 @@ const COUNT_TRANSACTIONS: &str = "SELECT (xact_commit + xact_rollback)::bigint \
 /// Starts an idle worker, lets it settle and counts its transactions.
 pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     let (settle, window) = if bench.quick {
-        (Duration::from_secs(1), Duration::from_secs(2))
+        (Duration::from_secs(2), Duration::from_secs(2))
     } else {
         (Duration::from_secs(5), Duration::from_secs(20))
     };
