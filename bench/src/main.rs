@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
 
     let admin = connect(&args.url).await?;
     let server_version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
+    let load_before = report::load_average();
     let mut runs = Vec::new();
     for repeat in 0..args.repeat {
         if args.repeat > 1 {
@@ -149,6 +150,8 @@ async fn main() -> anyhow::Result<()> {
         window,
         repeat: args.repeat,
         server_version,
+        load_before,
+        load_after: report::load_average(),
     };
     report::write_json(&args.out, &summary, &settings)?;
     Ok(())

@@ -191,6 +191,10 @@ pub(crate) struct Settings {
     pub(crate) window: Duration,
     pub(crate) repeat: usize,
     pub(crate) server_version: String,
+    /// `/proc/loadavg` before the first and after the last scenario, to
+    /// show how busy the machine was.
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
 }
 
 /// Writes the figures with the PostgreSQL version, commit, machine and time
@@ -218,6 +222,8 @@ pub(crate) fn write_json(
         "postgres_version": settings.server_version,
         "commit": std::env::var("CB_BENCH_COMMIT").unwrap_or_default(),
         "machine": machine,
+        "load_average_before": settings.load_before,
+        "load_average_after": settings.load_after,
         "figures": summary,
     });
     if let Some(parent) = out.parent() {
@@ -227,6 +233,19 @@ pub(crate) fn write_json(
         .with_context(|| format!("write {}", out.display()))?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Returns the 1, 5 and 15 minute load averages, or an empty string
+/// outside Linux.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|load| {
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn cpu_model() -> String {
