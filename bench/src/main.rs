@@ -73,7 +73,7 @@ const SCENARIOS: &[&str] = &[
     "ceiling", "queue", "tasks", "latency", "flows", "idle", "sql",
 ];
 
-/// What every scenario gets.
+/// The database and settings every scenario runs with.
 pub(crate) struct Bench {
     /// The URL of the fresh bench database.
     pub(crate) url: String,

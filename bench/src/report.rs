@@ -38,7 +38,7 @@ pub(crate) struct Figure {
 }
 
 impl Figure {
-    /// A figure without a ceiling to compare with.
+    /// Creates a figure with no ceiling to compare with.
     pub(crate) fn new(
         scenario: &'static str,
         figure: impl Into<String>,
@@ -128,7 +128,8 @@ pub(crate) fn summarize(runs: &[Vec<Figure>]) -> Vec<Summary> {
         .collect()
 }
 
-/// The median of `values`; the mean of the middle two for an even count.
+/// Returns the median of `values`: the mean of the middle two for an even
+/// count, and 0 for none.
 pub(crate) fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return 0.0;

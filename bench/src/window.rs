@@ -1,6 +1,6 @@
-//! Steady-state measurement: client loops run until told to stop, adding the
-//! jobs they finish to a shared counter, and the rate is taken over a window
-//! that opens after a warm-up.
+//! Steady-state measurement. Client loops run until stopped and add the jobs
+//! they finish to a shared counter. The rate is taken over a window that
+//! opens after a warm-up.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub(crate) struct Loops {
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
-/// What one client loop gets: where to count and when to stop.
+/// The shared counter and stop signal, as one client loop uses them.
 #[derive(Clone)]
 pub(crate) struct LoopHandle {
     done: Arc<AtomicU64>,

@@ -33,7 +33,7 @@ const CONCURRENCY: usize = 16;
 /// How long the backlog of one kind may take to drain before the next.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What the producers create.
+/// The kind of run the producers create.
 #[derive(Clone, Copy)]
 enum Kind {
     Task(&'static str),

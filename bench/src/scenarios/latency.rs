@@ -4,7 +4,7 @@
 //! commit) to the handler's start, with one clock in one process. The second
 //! phase creates runs at the same rate and measures the time from the
 //! creating call's return to the return of `wait_for_output` with its default
-//! polling, which is what a caller waiting for a result sees.
+//! polling, which is the delay a caller waiting for a result gets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

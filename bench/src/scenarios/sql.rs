@@ -3,7 +3,7 @@
 //!
 //! Each script in `bench/sql/` runs for a fixed time with 2 and with 8
 //! clients, on objects created for that run only. pgbench reports
-//! transactions (script executions) per second; a script moves 1 or 100
+//! transactions (script executions) per second. A script moves 1 or 100
 //! messages or runs, so the figure is that rate times the script's count.
 
 use std::path::{Path, PathBuf};
