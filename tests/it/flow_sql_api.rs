@@ -225,8 +225,12 @@ async fn sql_create_flow_rejects_malformed_steps() -> anyhow::Result<()> {
             "step \"a\" has an unknown field \"retries\"",
         ),
         (
+            r#"[{"name": "a", "kind": "batch"}]"#,
+            "step \"a\" has kind \"batch\" (expected normal, mapper, generator or reducer)",
+        ),
+        (
             r#"[{"name": "a", "kind": "mapper"}]"#,
-            "step \"a\" has kind \"mapper\"; only \"normal\" steps are supported",
+            "mapper step \"a\" needs a map source",
         ),
         (
             r#"[{"name": "a", "signal": "yes"}]"#,

@@ -7,6 +7,7 @@ mod flow_conditions;
 mod flow_definitions;
 mod flow_early;
 mod flow_failures;
+mod flow_fanout;
 mod flow_helpers;
 mod flow_on_fail;
 mod flow_signals;

@@ -63,7 +63,10 @@ pub use error::{
     SQLSTATE_NOT_FOUND,
 };
 pub use executor::{Executor, Params};
-pub use flow::{FlowDef, FlowHandle, FlowInfo, FlowRunInfo, StepDef, StepRunInfo, StepStatus};
+pub use flow::{
+    FlowDef, FlowHandle, FlowInfo, FlowRunInfo, MapSource, StepDef, StepKind, StepRunInfo,
+    StepStatus,
+};
 pub use gc::{GcReport, gc};
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use payload::{JsonText, MAX_PAYLOAD_BYTES};

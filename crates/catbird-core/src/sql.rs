@@ -140,7 +140,9 @@ pub const GET_FLOW: &str = "SELECT name, description, output_priority, retention
 pub const LIST_FLOWS: &str = "SELECT name, description, output_priority, retention_period, created_at FROM cb_flows ORDER BY name";
 
 /// The steps of one flow definition, in definition order.
-pub const GET_FLOW_STEPS: &str = "SELECT step_name, description, kind, signal, depends_on FROM cb_flow_steps \
+pub const GET_FLOW_STEPS: &str = "SELECT step_name, description, kind, \
+     CASE WHEN map_input THEN 'input' ELSE map_source END AS map_source, reduce_source, signal, depends_on \
+     FROM cb_flow_steps \
      WHERE flow_name = $1 ORDER BY position";
 
 /// `cb_run_flow`.
@@ -188,6 +190,42 @@ pub const RELEASE_STEP: &str =
 
 /// `cb_cancel_step_run`.
 pub const CANCEL_STEP_RUN: &str = "SELECT cb_cancel_step_run(flow => $1, id => $2, attempt => $3)";
+
+/// `cb_claim_map_tasks`.
+pub const CLAIM_MAP_TASKS: &str =
+    "SELECT * FROM cb_claim_map_tasks(flow => $1, step => $2, quantity => $3, hide_for => $4)";
+
+/// `cb_hide_map_tasks`.
+pub const HIDE_MAP_TASKS: &str =
+    "SELECT * FROM cb_hide_map_tasks(flow => $1, ids => $2, hide_for => $3)";
+
+/// `cb_complete_map_tasks`, batched.
+pub const COMPLETE_MAP_TASKS: &str =
+    "SELECT * FROM cb_complete_map_tasks(flow => $1, ids => $2, attempts => $3, outputs => $4)";
+
+/// `cb_fail_map_task`.
+pub const FAIL_MAP_TASK: &str = "SELECT cb_fail_map_task(flow => $1, id => $2, attempt => $3, \
+     error_message => $4, retry_delay => $5)";
+
+/// `cb_release_map_task`.
+pub const RELEASE_MAP_TASK: &str =
+    "SELECT cb_release_map_task(flow => $1, id => $2, attempt => $3, delay => $4)";
+
+/// `cb_start_generator_step`.
+pub const START_GENERATOR_STEP: &str =
+    "SELECT cb_start_generator_step(flow => $1, id => $2, attempt => $3)";
+
+/// `cb_spawn_generator_map_tasks`, with the items as an array of JSON
+/// values.
+pub const SPAWN_GENERATOR_MAP_TASKS: &str = "SELECT cb_spawn_generator_map_tasks(flow => $1, id => $2, attempt => $3, items => to_jsonb($4::jsonb[]))";
+
+/// `cb_complete_generator_step`.
+pub const COMPLETE_GENERATOR_STEP: &str =
+    "SELECT cb_complete_generator_step(flow => $1, id => $2, attempt => $3)";
+
+/// `cb_read_map_outputs`.
+pub const READ_MAP_OUTPUTS: &str = "SELECT * FROM cb_read_map_outputs(flow => $1, run_id => $2, \
+     step => $3, after_index => $4, quantity => $5)";
 
 /// `cb_complete_flow_early`.
 pub const COMPLETE_FLOW_EARLY: &str =
@@ -282,6 +320,15 @@ pub const ALL: &[&str] = &[
     FAIL_STEP,
     RELEASE_STEP,
     CANCEL_STEP_RUN,
+    CLAIM_MAP_TASKS,
+    HIDE_MAP_TASKS,
+    COMPLETE_MAP_TASKS,
+    FAIL_MAP_TASK,
+    RELEASE_MAP_TASK,
+    START_GENERATOR_STEP,
+    SPAWN_GENERATOR_MAP_TASKS,
+    COMPLETE_GENERATOR_STEP,
+    READ_MAP_OUTPUTS,
     COMPLETE_FLOW_EARLY,
     FLOW_RUN_STATUS,
     CLAIM_FLOW_ON_FAIL,

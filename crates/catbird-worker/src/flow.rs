@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catbird_core::Executor;
-use catbird_core::flow::{FlowDef, StepDef, StepRunInfo, get_flow_step};
+use catbird_core::flow::{FlowDef, StepDef, StepKind, StepRunInfo, get_flow_step};
 use catbird_core::{Error, JsonText, PollOpts, sql};
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -15,20 +15,35 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::fanout::{GeneratorFn, ReducerFn};
 use crate::options::{HandlerOpts, ON_FAIL_BACKOFF};
 use crate::task::HandlerResult;
 
 /// The arguments of a step handler: the flow input, the signal input when the
 /// step waits for one, and the outputs of its completed dependencies.
+///
+/// For an item of a mapper step the mapped element takes the place of what
+/// was mapped: of the flow input for a mapper over the input, of the source
+/// dependency's output for a mapper over a step's output.
 #[derive(Debug, Clone)]
 pub struct StepArgs {
     pub(crate) step: String,
     pub(crate) input: Value,
     pub(crate) signal: Option<Value>,
     pub(crate) dependencies: Map<String, Value>,
+    pub(crate) item: Option<Value>,
 }
 
 impl StepArgs {
+    /// Decodes the item of a map or generator item handler; an error for
+    /// a step run that is not an item.
+    pub fn item<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let item = self.item.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!("step \"{}\" is not running an item", self.step))
+        })?;
+        T::deserialize(item).map_err(|error| decode_error("its item", &self.step, error))
+    }
+
     /// Decodes the flow input.
     pub fn input<T: DeserializeOwned>(&self) -> Result<T, Error> {
         T::deserialize(&self.input)
@@ -83,6 +98,7 @@ pub struct StepContext {
     pub(crate) flow_run_id: i64,
     pub(crate) step_run_id: i64,
     pub(crate) attempt: i32,
+    pub(crate) item_index: Option<i32>,
     pub(crate) pool: deadpool_postgres::Pool,
     pub(crate) cancel: CancellationToken,
 }
@@ -122,6 +138,12 @@ impl StepContext {
     /// The attempt number, 1 for the first execution.
     pub fn attempt(&self) -> i32 {
         self.attempt
+    }
+
+    /// The index of the item being handled (its position in the mapped
+    /// array, or in yield order), or `None` outside an item handler.
+    pub fn item_index(&self) -> Option<i32> {
+        self.item_index
     }
 
     /// The worker's pool, for the handler's own transactions.
@@ -223,10 +245,18 @@ pub(crate) type StepCallFn =
     Arc<dyn Fn(StepArgs, StepContext) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
 /// A step definition with, optionally, the function that executes it.
+///
+/// A normal step and a mapper step take one function ([`StepHandler::new`]);
+/// for a mapper it runs once per item. Generator and reducer steps have
+/// their own constructors, [`StepHandler::generator`] and
+/// [`StepHandler::reducer`].
 pub struct StepHandler {
     pub(crate) definition: StepDef,
     pub(crate) opts: HandlerOpts,
+    /// The step's handler; for a mapper or generator, the item handler.
     pub(crate) call: Option<StepCallFn>,
+    pub(crate) generator: Option<GeneratorFn>,
+    pub(crate) reducer: Option<ReducerFn>,
 }
 
 impl fmt::Debug for StepHandler {
@@ -234,7 +264,7 @@ impl fmt::Debug for StepHandler {
         f.debug_struct("StepHandler")
             .field("definition", &self.definition)
             .field("opts", &self.opts)
-            .field("has_handler", &self.call.is_some())
+            .field("has_handler", &self.has_handler())
             .finish()
     }
 }
@@ -262,6 +292,8 @@ impl StepHandler {
             definition,
             opts: HandlerOpts::default(),
             call: Some(call),
+            generator: None,
+            reducer: None,
         }
     }
 
@@ -272,7 +304,49 @@ impl StepHandler {
             definition,
             opts: HandlerOpts::default(),
             call: None,
+            generator: None,
+            reducer: None,
         }
+    }
+
+    /// Whether this worker executes the step.
+    pub(crate) fn has_handler(&self) -> bool {
+        self.call.is_some() || self.generator.is_some() || self.reducer.is_some()
+    }
+
+    /// Checks that the functions given match the step's kind.
+    pub(crate) fn check_shape(&self) -> Result<(), String> {
+        if !self.has_handler() {
+            return Ok(());
+        }
+        let kind = &self.definition.kind;
+        let expected = match kind {
+            StepKind::Normal | StepKind::Map(_) => {
+                self.call.is_some() && self.generator.is_none() && self.reducer.is_none()
+            }
+            StepKind::Generator => self.call.is_some() && self.generator.is_some(),
+            StepKind::Reduce(_) => self.reducer.is_some() && self.call.is_none(),
+        };
+        if expected {
+            return Ok(());
+        }
+        let given = if self.generator.is_some() {
+            "a generator"
+        } else if self.reducer.is_some() {
+            "a reducer"
+        } else {
+            "a step handler"
+        };
+        Err(format!(
+            "step \"{}\" is a {} step but was given {given}; use {}",
+            self.definition.name,
+            kind.as_str(),
+            match kind {
+                StepKind::Normal | StepKind::Map(_) => "StepHandler::new",
+                StepKind::Generator => "StepHandler::generator",
+                StepKind::Reduce(_) => "StepHandler::reducer",
+            }
+        ))
     }
 
     /// The step's name.
@@ -608,7 +682,9 @@ impl Flow {
             .validate()
             .map_err(|error| error.to_string())?;
         for step in &self.steps {
-            if step.call.is_some() {
+            step.check_shape()
+                .map_err(|message| format!("flow \"{name}\" is misconfigured: {message}"))?;
+            if step.has_handler() {
                 step.opts.validate().map_err(|message| {
                     format!(
                         "flow \"{name}\" step \"{}\" has invalid handler options: {message}",

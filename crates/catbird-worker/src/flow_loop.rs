@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use catbird_core::flow::{MapSource, StepKind};
 use catbird_core::{Executor, JsonText, sql};
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -13,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffStrategy;
 use crate::breaker::CircuitBreakerStrategy;
+use crate::fanout::{GeneratorFn, ItemPages, ItemSink, ReducerFn};
 use crate::flow::{Flow, FlowFailure, FlowOnFailFn, StepArgs, StepCallFn, StepContext};
+use crate::item_loop::{ItemLoop, Mapped, item_loop_run};
 use crate::options::HandlerOpts;
 use crate::retry::with_retries;
 use crate::task_loop::{
@@ -25,12 +28,22 @@ use crate::worker::Shared;
 /// case the stop notification was missed.
 const STOP_CHECK: Duration = Duration::from_secs(5);
 
+/// What a step loop runs for each claimed step run.
+enum StepExec {
+    /// A normal step's handler.
+    Handler(StepCallFn),
+    /// A generator function; its items go to the step's item loop.
+    Generator(GeneratorFn),
+    /// A fold over the items of `source`.
+    Reducer { source: Arc<str>, reduce: ReducerFn },
+}
+
 struct StepLoop {
     flow: Arc<str>,
     step: Arc<str>,
     /// `<flow>.<step>`: the wake-up name and the lease-renewal key.
     key: String,
-    call: StepCallFn,
+    exec: StepExec,
     opts: HandlerOpts,
     backoff: Arc<dyn BackoffStrategy>,
     breaker: Option<Arc<dyn CircuitBreakerStrategy>>,
@@ -50,19 +63,62 @@ struct ClaimedStep {
 pub(crate) fn spawn(shared: &Arc<Shared>, flow: Flow, loops: &mut JoinSet<()>) {
     let flow_name: Arc<str> = Arc::from(flow.definition.name.as_str());
     for step in flow.steps {
-        let Some(call) = step.call else { continue };
         let key = format!("{flow_name}.{}", step.definition.name);
-        shared.registry.waker("s", &key);
-        let step_loop = Arc::new(StepLoop {
-            flow: flow_name.clone(),
-            step: Arc::from(step.definition.name.as_str()),
-            key,
-            call,
-            backoff: step.opts.build_backoff(),
-            breaker: step.opts.build_breaker(),
-            opts: step.opts,
-        });
-        loops.spawn(step_loop_run(shared.clone(), step_loop));
+        let step_name: Arc<str> = Arc::from(step.definition.name.as_str());
+        let (exec, items) = match (
+            step.definition.kind,
+            step.call,
+            step.generator,
+            step.reducer,
+        ) {
+            (StepKind::Normal, Some(call), _, _) => (Some(StepExec::Handler(call)), None),
+            (StepKind::Map(source), Some(call), _, _) => {
+                let mapped = match source {
+                    MapSource::Input => Mapped::Input,
+                    MapSource::Step(source) => Mapped::Dependency(Arc::from(source.as_str())),
+                };
+                (None, Some((call, mapped)))
+            }
+            (StepKind::Generator, Some(call), Some(generator), _) => (
+                Some(StepExec::Generator(generator)),
+                Some((call, Mapped::Input)),
+            ),
+            (StepKind::Reduce(source), _, _, Some(reduce)) => (
+                Some(StepExec::Reducer {
+                    source: Arc::from(source.as_str()),
+                    reduce,
+                }),
+                None,
+            ),
+            _ => (None, None),
+        };
+        if let Some((call, mapped)) = items {
+            shared.registry.waker("i", &key);
+            let item_loop = Arc::new(ItemLoop {
+                flow: flow_name.clone(),
+                step: step_name.clone(),
+                key: key.clone(),
+                call,
+                mapped,
+                backoff: step.opts.build_backoff(),
+                breaker: step.opts.build_breaker(),
+                opts: step.opts.clone(),
+            });
+            loops.spawn(item_loop_run(shared.clone(), item_loop));
+        }
+        if let Some(exec) = exec {
+            shared.registry.waker("s", &key);
+            let step_loop = Arc::new(StepLoop {
+                flow: flow_name.clone(),
+                step: step_name,
+                key,
+                exec,
+                backoff: step.opts.build_backoff(),
+                breaker: step.opts.build_breaker(),
+                opts: step.opts,
+            });
+            loops.spawn(step_loop_run(shared.clone(), step_loop));
+        }
     }
     if let Some(on_fail) = flow.on_fail {
         shared.registry.waker("ff", &flow_name);
@@ -212,9 +268,40 @@ async fn execute(
     drop(permit);
 }
 
+/// Runs a generator attempt: resets the items of earlier attempts, runs the
+/// generator, then writes the items still buffered.
+fn run_generator(
+    generate: GeneratorFn,
+    sink: ItemSink,
+    args: StepArgs,
+    context: StepContext,
+) -> futures_util::future::BoxFuture<'static, crate::task::HandlerResult> {
+    Box::pin(async move {
+        let started = context
+            .pool
+            .query_opt_row(
+                sql::START_GENERATOR_STEP,
+                &[&&*context.flow, &context.step_run_id, &context.attempt],
+            )
+            .await?
+            .is_some_and(|row| row.get::<_, bool>(0));
+        if !started {
+            anyhow::bail!("the generator's step run was claimed again or its run stopped");
+        }
+        generate(args, sink.clone(), context).await?;
+        sink.flush().await?;
+        Ok(JsonText::encode("generator result", &Value::Null)?)
+    })
+}
+
 /// Fires `token` when the flow run is no longer started. The stop
 /// notification normally does that first; this covers a missed one.
-async fn watch_run(shared: Arc<Shared>, flow: Arc<str>, run_id: i64, token: CancellationToken) {
+pub(crate) async fn watch_run(
+    shared: Arc<Shared>,
+    flow: Arc<str>,
+    run_id: i64,
+    token: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(STOP_CHECK) => {}
@@ -251,6 +338,7 @@ async fn attempt_step(
         input: step.input,
         signal: step.signal,
         dependencies: step.dependencies,
+        item: None,
     };
     let context = StepContext {
         flow: handler.flow.clone(),
@@ -258,18 +346,37 @@ async fn attempt_step(
         flow_run_id: step.flow_run_id,
         step_run_id: step.id,
         attempt: step.attempt,
+        item_index: None,
         pool: shared.pool.clone(),
         cancel: token.clone(),
     };
     let timeout = handler.opts.timeout;
-    match supervise(
-        tokio::spawn((handler.call)(args, context)),
-        &token,
-        &shared.hard_stop,
-        timeout,
-    )
-    .await
-    {
+    let running = match &handler.exec {
+        StepExec::Handler(call) => call(args, context),
+        StepExec::Generator(generate) => {
+            let sink = ItemSink::new(
+                shared.pool.clone(),
+                handler.flow.clone(),
+                step.id,
+                step.attempt,
+                handler.opts.batch_size,
+                token.clone(),
+            );
+            run_generator(generate.clone(), sink, args, context)
+        }
+        StepExec::Reducer { source, reduce } => {
+            let pages = ItemPages {
+                pool: shared.pool.clone(),
+                flow: handler.flow.clone(),
+                flow_run_id: step.flow_run_id,
+                source: source.clone(),
+                after: -1,
+                done: false,
+            };
+            reduce(pages, context)
+        }
+    };
+    match supervise(tokio::spawn(running), &token, &shared.hard_stop, timeout).await {
         Supervised::Finished(Ok(output)) => StepOutcome::Succeeded(output),
         Supervised::Finished(Err(message)) => StepOutcome::Failed(message),
         Supervised::TimedOut => StepOutcome::Failed(format!(
@@ -289,10 +396,17 @@ async fn record(shared: &Shared, handler: &StepLoop, id: i64, attempt: i32, outc
                 breaker.record_success();
             }
             let result = with_retries("complete a step", &never, || async {
-                shared
-                    .pool
-                    .query_rows(sql::COMPLETE_STEP, &[&flow, &id, &attempt, &output])
-                    .await
+                if matches!(handler.exec, StepExec::Generator(_)) {
+                    shared
+                        .pool
+                        .query_rows(sql::COMPLETE_GENERATOR_STEP, &[&flow, &id, &attempt])
+                        .await
+                } else {
+                    shared
+                        .pool
+                        .query_rows(sql::COMPLETE_STEP, &[&flow, &id, &attempt, &output])
+                        .await
+                }
             })
             .await;
             match result {

@@ -42,8 +42,10 @@
 
 pub mod backoff;
 pub mod breaker;
+mod fanout;
 mod flow;
 mod flow_loop;
+mod item_loop;
 mod options;
 mod retry;
 mod task;
@@ -53,6 +55,7 @@ mod worker;
 
 pub use backoff::{BackoffStrategy, FullJitter};
 pub use breaker::{CircuitBreaker, CircuitBreakerStrategy};
+pub use fanout::Yielder;
 pub use flow::{
     Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, StepToken, cancel_flow,
     complete_early,

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Mutex<HashMap<String, HashSet<i64>>>,
     /// Claimed step runs per flow, for lease renewal.
     pub(crate) steps_in_flight: Mutex<HashMap<String, HashSet<i64>>>,
+    /// Map items held, per flow.
+    pub(crate) items_in_flight: Mutex<HashMap<String, HashSet<i64>>>,
 }
 
 impl Shared {
@@ -90,6 +92,24 @@ impl Shared {
     pub(crate) fn forget_step(&self, flow: &str, id: i64) {
         let mut in_flight = self
             .steps_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(ids) = in_flight.get_mut(flow) {
+            ids.remove(&id);
+        }
+    }
+
+    pub(crate) fn hold_item(&self, flow: &str, id: i64) {
+        let mut in_flight = self
+            .items_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        in_flight.entry(flow.to_owned()).or_default().insert(id);
+    }
+
+    pub(crate) fn forget_item(&self, flow: &str, id: i64) {
+        let mut in_flight = self
+            .items_in_flight
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(ids) = in_flight.get_mut(flow) {
@@ -315,6 +335,7 @@ impl Worker {
             lease: self.lease,
             in_flight: Mutex::new(HashMap::new()),
             steps_in_flight: Mutex::new(HashMap::new()),
+            items_in_flight: Mutex::new(HashMap::new()),
         });
         let task_names: Vec<String> = self
             .tasks
@@ -485,6 +506,16 @@ async fn heartbeat(
     }
 }
 
+/// The ids held per flow, for lease renewal.
+fn held_ids(held: &Mutex<HashMap<String, HashSet<i64>>>) -> Vec<(String, Vec<i64>)> {
+    let in_flight = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    in_flight
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(flow, ids)| (flow.clone(), ids.iter().copied().collect()))
+        .collect()
+}
+
 /// Extends the lease of every run the worker holds.
 async fn renew_leases(shared: Arc<Shared>) {
     let period = (shared.lease / 3)
@@ -510,17 +541,8 @@ async fn renew_leases(shared: Arc<Shared>) {
                 .map(|(task, ids)| (task.clone(), ids.iter().copied().collect()))
                 .collect()
         };
-        let held_steps: Vec<(String, Vec<i64>)> = {
-            let in_flight = shared
-                .steps_in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            in_flight
-                .iter()
-                .filter(|(_, ids)| !ids.is_empty())
-                .map(|(flow, ids)| (flow.clone(), ids.iter().copied().collect()))
-                .collect()
-        };
+        let held_steps = held_ids(&shared.steps_in_flight);
+        let held_items = held_ids(&shared.items_in_flight);
         let renewals = held
             .into_iter()
             .map(|(name, ids)| (sql::HIDE_TASKS, name, ids))
@@ -528,6 +550,11 @@ async fn renew_leases(shared: Arc<Shared>) {
                 held_steps
                     .into_iter()
                     .map(|(name, ids)| (sql::HIDE_STEPS, name, ids)),
+            )
+            .chain(
+                held_items
+                    .into_iter()
+                    .map(|(name, ids)| (sql::HIDE_MAP_TASKS, name, ids)),
             );
         for (statement, name, ids) in renewals {
             let lease_ms = shared.lease_ms();

@@ -71,6 +71,54 @@ pub struct StepDef {
     pub condition: Option<String>,
     /// The step waits for a signal input delivered by [`signal_flow`].
     pub signal: bool,
+    /// What the step does with its handler: one call, one call per array
+    /// element, a generator of items, or a fold over items.
+    pub kind: StepKind,
+}
+
+/// The kind of a step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StepKind {
+    /// One handler call per step run.
+    #[default]
+    Normal,
+    /// One item per element of an array; the handler runs once per item and
+    /// the step's output is the array of item outputs in element order.
+    Map(MapSource),
+    /// A generator function yields items while an item handler processes
+    /// them; the output is the array of item outputs in yield order.
+    Generator,
+    /// Folds the item outputs of the named mapper or generator step, in item
+    /// order, into an accumulator: the step's output.
+    Reduce(String),
+}
+
+impl StepKind {
+    /// The kind as stored: normal, mapper, generator or reducer.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepKind::Normal => "normal",
+            StepKind::Map(_) => "mapper",
+            StepKind::Generator => "generator",
+            StepKind::Reduce(_) => "reducer",
+        }
+    }
+
+    /// Whether the step fans out into items (mapper or generator).
+    pub fn is_fan_out(&self) -> bool {
+        matches!(self, StepKind::Map(_) | StepKind::Generator)
+    }
+}
+
+/// What a mapper step maps over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapSource {
+    /// The flow input, which must be a JSON array; each item handler
+    /// receives its element in place of the flow input.
+    Input,
+    /// The output of the named dependency, which must be a JSON array; each
+    /// item handler receives its element in place of that output.
+    Step(String),
 }
 
 impl StepDef {
@@ -124,14 +172,62 @@ impl StepDef {
         self
     }
 
+    /// Makes the step a mapper over the flow input: one item per element.
+    pub fn map_input(mut self) -> Self {
+        self.kind = StepKind::Map(MapSource::Input);
+        self
+    }
+
+    /// Makes the step a mapper over the output of `source`, which becomes a
+    /// dependency if it is not one yet.
+    pub fn map_step_output(mut self, source: impl Into<String>) -> Self {
+        let source = source.into();
+        self.add_dependency(&source);
+        self.kind = StepKind::Map(MapSource::Step(source));
+        self
+    }
+
+    /// Makes the step a generator: its generator function yields the items.
+    pub fn generator(mut self) -> Self {
+        self.kind = StepKind::Generator;
+        self
+    }
+
+    /// Makes the step a reducer of the items of the mapper or generator
+    /// `source`, which becomes a dependency if it is not one yet.
+    pub fn reduce(mut self, source: impl Into<String>) -> Self {
+        let source = source.into();
+        self.add_dependency(&source);
+        self.kind = StepKind::Reduce(source);
+        self
+    }
+
+    fn add_dependency(&mut self, name: &str) {
+        if !self
+            .depends_on
+            .iter()
+            .any(|dependency| dependency.name == name)
+        {
+            self.depends_on.push(Dependency::on(name));
+        }
+    }
+
     fn to_json(&self) -> Value {
-        json!({
+        let mut step = json!({
             "name": self.name,
             "description": self.description,
             "depends_on": self.depends_on,
             "condition": self.condition,
             "signal": self.signal,
-        })
+            "kind": self.kind.as_str(),
+        });
+        match &self.kind {
+            StepKind::Map(MapSource::Input) => step["map_input"] = Value::Bool(true),
+            StepKind::Map(MapSource::Step(source)) => step["map_source"] = json!(source),
+            StepKind::Reduce(source) => step["reduce_source"] = json!(source),
+            StepKind::Normal | StepKind::Generator => {}
+        }
+        step
     }
 }
 
@@ -224,8 +320,12 @@ pub struct StepInfo {
     pub name: String,
     /// Its description.
     pub description: Option<String>,
-    /// "normal" (map, generator and reducer steps come later).
+    /// normal, mapper, generator or reducer.
     pub kind: String,
+    /// A mapper's source: `input` for the flow input, else a step name.
+    pub map_source: Option<String>,
+    /// A reducer's source step.
+    pub reduce_source: Option<String>,
     /// Whether it waits for a signal.
     pub signal: bool,
     /// Its dependencies' names, in declaration order.
@@ -680,6 +780,8 @@ async fn flow_steps(executor: &impl Executor, name: &str) -> Result<Vec<StepInfo
             name: row.get("step_name"),
             description: row.get("description"),
             kind: row.get("kind"),
+            map_source: row.get("map_source"),
+            reduce_source: row.get("reduce_source"),
             signal: row.get("signal"),
             depends_on: row.get("depends_on"),
         })

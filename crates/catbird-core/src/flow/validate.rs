@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::FlowDef;
+use super::{FlowDef, MapSource, StepDef, StepKind};
 use crate::error::Error;
 use crate::names::validate_name;
 use crate::payload::check_text;
@@ -23,6 +23,68 @@ fn condition_root(flow: &str, step: &str, condition: &str) -> Result<String, Err
                 format!("the condition of step \"{step}\" is invalid: {error}"),
             )
         })
+}
+
+/// The kind rules: a mapper's or reducer's source is another step, one of
+/// its dependencies, required and not ignored; a reducer's source is a
+/// mapper or generator.
+fn check_kind(flow: &FlowDef, step: &StepDef) -> Result<(), Error> {
+    let (source, verb) = match &step.kind {
+        StepKind::Map(MapSource::Step(source)) => (source, "maps"),
+        StepKind::Reduce(source) => (source, "reduces"),
+        StepKind::Normal | StepKind::Generator | StepKind::Map(MapSource::Input) => return Ok(()),
+    };
+    let name = &flow.name;
+    if *source == step.name {
+        return Err(invalid(
+            name,
+            format!("step \"{}\" {verb} its own output", step.name),
+        ));
+    }
+    let Some(target) = flow.steps.iter().find(|other| other.name == *source) else {
+        return Err(invalid(
+            name,
+            format!(
+                "step \"{}\" {verb} \"{source}\", which is not a step of the flow",
+                step.name
+            ),
+        ));
+    };
+    let Some(dependency) = step.depends_on.iter().find(|d| d.name == *source) else {
+        return Err(invalid(
+            name,
+            format!(
+                "step \"{}\" {verb} \"{source}\", which is not one of its dependencies; add it to depends_on",
+                step.name
+            ),
+        ));
+    };
+    if dependency.ignore_output {
+        return Err(invalid(
+            name,
+            format!(
+                "step \"{}\" ignores the output of \"{source}\", the step it {verb}",
+                step.name
+            ),
+        ));
+    }
+    match &step.kind {
+        StepKind::Map(_) if dependency.optional => Err(invalid(
+            name,
+            format!(
+                "step \"{}\" maps \"{source}\", declared optional; a map source must be a required dependency",
+                step.name
+            ),
+        )),
+        StepKind::Reduce(_) if !target.kind.is_fan_out() => Err(invalid(
+            name,
+            format!(
+                "reducer step \"{}\" reduces \"{source}\", which is not a mapper or generator step",
+                step.name
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
@@ -67,6 +129,7 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
         .collect();
 
     for step in &flow.steps {
+        check_kind(flow, step)?;
         let mut seen = HashSet::new();
         for dependency in &step.depends_on {
             if dependency.name == step.name {
@@ -93,9 +156,23 @@ pub(super) fn validate(flow: &FlowDef) -> Result<(), Error> {
                     ),
                 ));
             }
+            let reduced =
+                matches!(&step.kind, StepKind::Reduce(source) if *source == dependency.name);
+            let mapped = matches!(&step.kind, StepKind::Map(MapSource::Step(source)) if *source == dependency.name);
+            if mapped && conditional.contains(dependency.name.as_str()) {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "step \"{}\" maps \"{}\", which has a condition and may be skipped; \
+                         a map source cannot be skipped",
+                        step.name, dependency.name
+                    ),
+                ));
+            }
             if conditional.contains(dependency.name.as_str())
                 && !dependency.optional
                 && !dependency.ignore_output
+                && !reduced
             {
                 return Err(invalid(
                     name,
