@@ -36,7 +36,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Runs only this scenario (repeatable): ceiling, queue, tasks, latency,
-    /// flows, idle, sql.
+    /// flows, map, idle, sql.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Length in seconds of each steady-state window (default 60, or 2 with
@@ -64,13 +64,8 @@ enum Command {
 }
 
 /// The scenarios in the order a full run executes them.
-///
-/// TODO: add `map` (items per second through one map step of 10,000 items,
-/// compared with the tasks processing rate) once flows have map steps: a
-/// `scenarios::map` module beside `scenarios::flows`, one entry here and one
-/// arm in `run_scenario`.
 const SCENARIOS: &[&str] = &[
-    "ceiling", "queue", "tasks", "latency", "flows", "idle", "sql",
+    "ceiling", "queue", "tasks", "latency", "flows", "map", "idle", "sql",
 ];
 
 /// The database and settings every scenario runs with.
@@ -140,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             .context("drop the bench database")?;
         let mut figures = result?;
         report::add_ceiling_ratios(&mut figures);
+        report::add_map_to_tasks_ratio(&mut figures);
         runs.push(figures);
     }
 
@@ -193,6 +189,7 @@ async fn run_once(
             "tasks" => scenarios::tasks::run(&bench).await?,
             "latency" => scenarios::latency::run(&bench).await?,
             "flows" => scenarios::flows::run(&bench).await?,
+            "map" => scenarios::map::run(&bench).await?,
             "idle" => scenarios::idle::run(&bench).await?,
             "sql" => {
                 let pgbench = pgbench.context("pgbench was not looked up")?;

@@ -21,6 +21,10 @@ pub(crate) enum Ceiling {
 pub(crate) const CEILING_SINGLE: &str = "lifecycle, 1 job per statement";
 pub(crate) const CEILING_BATCH: &str = "lifecycle, 100 jobs per statement";
 
+/// The names of the figures the map ratio divides.
+pub(crate) const MAP_ITEMS: &str = "items through one mapper step";
+pub(crate) const TASKS_PROCESSING: &str = "processing, no-op handler";
+
 /// One measured figure.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Figure {
@@ -82,6 +86,29 @@ pub(crate) fn add_ceiling_ratios(figures: &mut [Figure]) {
             None => None,
         };
         figure.ratio_to_ceiling = ceiling.map(|ceiling| figure.value / ceiling);
+    }
+}
+
+/// Adds the map rate divided by the tasks processing rate, when the run
+/// measured both.
+pub(crate) fn add_map_to_tasks_ratio(figures: &mut Vec<Figure>) {
+    let find = |scenario: &str, name: &str| {
+        figures
+            .iter()
+            .find(|figure| figure.scenario == scenario && figure.figure == name)
+            .map(|figure| figure.value)
+    };
+    let (Some(map), Some(tasks)) = (find("map", MAP_ITEMS), find("tasks", TASKS_PROCESSING)) else {
+        return;
+    };
+    if tasks > 0.0 {
+        figures.push(Figure::new(
+            "map",
+            "items per second / tasks processing",
+            map / tasks,
+            "x",
+            serde_json::json!({ "tasks_figure": TASKS_PROCESSING }),
+        ));
     }
 }
 
@@ -308,6 +335,25 @@ mod tests {
         let mut figures = vec![figure("queue", "single", 800.0).against(Ceiling::Single)];
         add_ceiling_ratios(&mut figures);
         assert_eq!(figures[0].ratio_to_ceiling, None);
+    }
+
+    #[test]
+    fn map_ratio_divides_by_tasks_processing() {
+        let mut figures = vec![
+            figure("tasks", TASKS_PROCESSING, 2_000.0),
+            figure("map", MAP_ITEMS, 1_000.0),
+        ];
+        add_map_to_tasks_ratio(&mut figures);
+        assert_eq!(figures.len(), 3);
+        assert_eq!(figures[2].scenario, "map");
+        assert_eq!(figures[2].value, 0.5);
+    }
+
+    #[test]
+    fn map_ratio_needs_both_figures() {
+        let mut figures = vec![figure("map", MAP_ITEMS, 1_000.0)];
+        add_map_to_tasks_ratio(&mut figures);
+        assert_eq!(figures.len(), 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub(crate) struct Args {
     #[arg(long)]
     quick: bool,
     /// Runs only this scenario (repeatable): ceiling, queue, tasks, latency,
-    /// flows, idle, sql.
+    /// flows, map, idle, sql.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Length in seconds of each steady-state window (default 60, or 2 with

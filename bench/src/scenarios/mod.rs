@@ -5,6 +5,7 @@ pub(crate) mod ceiling;
 pub(crate) mod flows;
 pub(crate) mod idle;
 pub(crate) mod latency;
+pub(crate) mod map;
 pub(crate) mod queue;
 pub(crate) mod sql;
 pub(crate) mod tasks;

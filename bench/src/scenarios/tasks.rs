@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CLIENTS;
 use crate::child::WorkerProcess;
-use crate::report::{Ceiling, Figure};
+use crate::report::{Ceiling, Figure, TASKS_PROCESSING};
 use crate::window::{Loops, measure_counter};
 use crate::{Bench, probe};
 
@@ -80,7 +80,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     figures.push(
         Figure::new(
             "tasks",
-            "processing, no-op handler",
+            TASKS_PROCESSING,
             total as f64 / process_seconds,
             "runs/s",
             worker_parameters.clone(),
