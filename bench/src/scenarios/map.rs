@@ -74,9 +74,15 @@ async fn measure(bench: &Bench, items: u64) -> anyhow::Result<(u64, f64)> {
         let run_started = Instant::now();
         run_flow(&bench.pool, FLOW, &input, RunFlowOpts::default()).await?;
         runs += 1;
-        while probe::completed_flow_runs(&bench.pool, FLOW).await? < runs {
+        loop {
+            // Count the unfinished runs first: a run that is neither
+            // unfinished then nor completed after has failed.
+            let unfinished = probe::unfinished_flow_runs(&bench.pool, FLOW).await?;
+            if probe::completed_flow_runs(&bench.pool, FLOW).await? >= runs {
+                break;
+            }
             anyhow::ensure!(
-                probe::unfinished_flow_runs(&bench.pool, FLOW).await? > 0,
+                unfinished > 0,
                 "a flow run of {items} items ended without completing"
             );
             anyhow::ensure!(
