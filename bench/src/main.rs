@@ -1,18 +1,25 @@
 //! The scenarios behind `cargo xtask bench`.
 //!
 //! Each run creates a fresh database on the server named by `--url` (or
-//! `CB_CONN`), applies the schema, runs the chosen scenarios, prints a table,
-//! writes the figures as JSON, and drops the database. Build it in release
-//! mode; `cargo xtask bench` does.
+//! `CB_CONN`), applies the schema, runs the chosen scenarios, and drops the
+//! database. With `--repeat N` it does that N times, each on its own fresh
+//! database, and reports the median of every figure. It prints a table and
+//! writes the figures as JSON. Build it in release mode; `cargo xtask bench`
+//! does.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use serde::Serialize;
+use clap::{Parser, Subcommand};
 
+mod child;
+mod probe;
+mod report;
 mod scenarios;
+mod window;
+
+use report::Figure;
 
 /// Benchmarks of catbird against a real PostgreSQL.
 #[derive(Debug, Parser)]
@@ -25,39 +32,64 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     url: String,
-    /// A smoke run with small counts, under a minute.
+    /// A smoke run with tiny counts and 2-second windows, under a minute.
     #[arg(long)]
     quick: bool,
-    /// Runs only this scenario (repeatable): tasks, latency, flows.
-    #[arg(long = "scenario")]
+    /// Runs only this scenario (repeatable): ceiling, queue, tasks, latency,
+    /// flows, map, idle, sql.
+    #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// Length in seconds of each steady-state window (default 60, or 2 with
+    /// --quick). Each pgbench run of the sql scenario lasts half of it.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Runs the chosen scenarios this many times, each on a fresh database,
+    /// and reports the median of each figure.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: usize,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// One measured figure.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Figure {
-    pub(crate) scenario: &'static str,
-    pub(crate) figure: &'static str,
-    pub(crate) value: f64,
-    pub(crate) unit: &'static str,
-    pub(crate) parameters: serde_json::Value,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a worker with one no-op task handler until standard input
+    /// closes. The tasks scenario starts it as a child process to measure
+    /// the worker's peak memory on its own.
+    #[command(hide = true)]
+    Worker(child::WorkerArgs),
 }
 
-/// What every scenario gets.
+/// The scenarios in the order a full run executes them.
+const SCENARIOS: &[&str] = &[
+    "ceiling", "queue", "tasks", "latency", "flows", "map", "idle", "sql",
+];
+
+/// The database and settings every scenario runs with.
 pub(crate) struct Bench {
+    /// The URL of the fresh bench database.
     pub(crate) url: String,
+    /// A pool on the bench database, for the scenarios' own calls.
     pub(crate) pool: catbird_core::deadpool_postgres::Pool,
+    /// Whether this is a `--quick` smoke run.
     pub(crate) quick: bool,
+    /// Length of each steady-state measurement window.
+    pub(crate) window: Duration,
+    /// Time a steady-state workload runs before its window opens.
+    pub(crate) warmup: Duration,
 }
-
-const SCENARIOS: &[&str] = &["tasks", "latency", "flows"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Worker(worker)) = &args.command {
+        return child::serve(worker).await;
+    }
+
+    anyhow::ensure!(args.repeat >= 1, "--repeat must be at least 1");
     for scenario in &args.scenarios {
         anyhow::ensure!(
             SCENARIOS.contains(&scenario.as_str()),
@@ -74,55 +106,108 @@ async fn main() -> anyhow::Result<()> {
             .filter(|name| args.scenarios.iter().any(|chosen| chosen == name))
             .collect()
     };
+    // Find pgbench before anything runs, so a missing one fails at once.
+    let pgbench = if chosen.contains(&"sql") {
+        Some(scenarios::sql::find_pgbench()?)
+    } else {
+        None
+    };
+    let window = Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 60 }));
+    anyhow::ensure!(!window.is_zero(), "--duration must be at least 1 second");
 
-    let database = format!("cb_bench_{}", std::process::id());
     let admin = connect(&args.url).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .context("create the bench database")?;
     let server_version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
-    let url = with_database(&args.url, &database);
+    let load_before = report::load_average();
+    let mut runs = Vec::new();
+    for repeat in 0..args.repeat {
+        if args.repeat > 1 {
+            eprintln!("run {} of {}", repeat + 1, args.repeat);
+        }
+        let database = format!("cb_bench_{}_{repeat}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .context("create the bench database")?;
+        let result = run_once(&args, &database, window, &chosen, pgbench.as_deref()).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .await
+            .context("drop the bench database")?;
+        let mut figures = result?;
+        report::add_ceiling_ratios(&mut figures);
+        report::add_map_to_tasks_ratio(&mut figures);
+        runs.push(figures);
+    }
 
-    let result = run(&args, &url, &chosen).await;
-
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await
-        .context("drop the bench database")?;
-    let figures = result?;
-
-    print_table(&figures);
-    write_json(&args, &figures, &server_version)?;
+    let summary = report::summarize(&runs);
+    report::print_table(&summary, args.repeat);
+    let settings = report::Settings {
+        quick: args.quick,
+        window,
+        repeat: args.repeat,
+        server_version,
+        load_before,
+        load_after: report::load_average(),
+    };
+    report::write_json(&args.out, &summary, &settings)?;
     Ok(())
 }
 
-async fn run(args: &Args, url: &str, chosen: &[&str]) -> anyhow::Result<Vec<Figure>> {
-    let pool = catbird_core::pool_from_url(url, 24)?;
+/// Applies the schema to the fresh database and runs the chosen scenarios
+/// on it.
+async fn run_once(
+    args: &Args,
+    database: &str,
+    window: Duration,
+    chosen: &[&str],
+    pgbench: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<Figure>> {
+    let url = with_database(&args.url, database);
+    let pool = catbird_core::pool_from_url(&url, 24)?;
     let mut connection = pool.get().await?;
     catbird_sql::migrate_up(&mut connection).await?;
     drop(connection);
 
     let bench = Bench {
-        url: url.to_owned(),
+        url,
         pool,
         quick: args.quick,
+        window,
+        warmup: if args.quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3)
+        },
     };
     let mut figures = Vec::new();
     for scenario in chosen {
         eprintln!("running scenario {scenario}...");
+        let started = std::time::Instant::now();
         let mut found = match *scenario {
-            "tasks" => scenarios::tasks(&bench).await?,
-            "latency" => scenarios::latency(&bench).await?,
-            "flows" => scenarios::flows(&bench).await?,
+            "ceiling" => scenarios::ceiling::run(&bench).await?,
+            "queue" => scenarios::queue::run(&bench).await?,
+            "tasks" => scenarios::tasks::run(&bench).await?,
+            "latency" => scenarios::latency::run(&bench).await?,
+            "flows" => scenarios::flows::run(&bench).await?,
+            "map" => scenarios::map::run(&bench).await?,
+            "idle" => scenarios::idle::run(&bench).await?,
+            "sql" => {
+                let pgbench = pgbench.context("pgbench was not looked up")?;
+                scenarios::sql::run(&bench, pgbench, &args.out).await?
+            }
             other => anyhow::bail!("unknown scenario {other}"),
         };
+        eprintln!(
+            "scenario {scenario} took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         figures.append(&mut found);
     }
     Ok(figures)
 }
 
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+/// Opens a plain connection and drives it on a background task.
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| "connect to PostgreSQL; start one with `cargo xtask db`".to_owned())?;
@@ -145,62 +230,6 @@ fn with_database(url: &str, database: &str) -> String {
         Some(query) => format!("{base}/{database}?{query}"),
         None => format!("{base}/{database}"),
     }
-}
-
-fn print_table(figures: &[Figure]) {
-    println!("{:<10} {:<44} {:>14} UNIT", "SCENARIO", "FIGURE", "VALUE");
-    for figure in figures {
-        println!(
-            "{:<10} {:<44} {:>14.2} {}",
-            figure.scenario, figure.figure, figure.value, figure.unit
-        );
-    }
-}
-
-fn write_json(args: &Args, figures: &[Figure], server_version: &str) -> anyhow::Result<()> {
-    let machine = serde_json::json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "cpu_model": cpu_model(),
-        "memory_kib": memory_kib(),
-    });
-    let report = serde_json::json!({
-        "quick": args.quick,
-        "postgres_version": server_version,
-        "commit": std::env::var("CB_BENCH_COMMIT").unwrap_or_default(),
-        "machine": machine,
-        "figures": figures,
-    });
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("write {}", args.out.display()))?;
-    eprintln!("wrote {}", args.out.display());
-    Ok(())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|model| model.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
-fn memory_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("MemTotal:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|value| value.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Returns the `p`-th percentile (0-100) of sorted samples.

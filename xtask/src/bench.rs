@@ -9,12 +9,21 @@ use crate::db;
 /// Options of `cargo xtask bench`, passed on to the bench binary.
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
-    /// A smoke run with small counts, under a minute.
+    /// A smoke run with tiny counts and 2-second windows, under a minute.
     #[arg(long)]
     quick: bool,
-    /// Runs only this scenario (repeatable): tasks, latency, flows.
-    #[arg(long = "scenario")]
+    /// Runs only this scenario (repeatable): ceiling, queue, tasks, latency,
+    /// flows, map, idle, sql.
+    #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// Length in seconds of each steady-state window (default 60, or 2 with
+    /// --quick). Each pgbench run of the sql scenario lasts half of it.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Runs the chosen scenarios this many times, each on a fresh database,
+    /// and reports the median of each figure.
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
 }
 
 /// Ensures a server, then runs `cargo run --release -p catbird-bench` against
@@ -24,14 +33,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let url = db::ensure_server().await?;
     eprintln!("benchmarking against {}", db::redact(&url));
 
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(db::workspace_root())
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let commit = current_commit().unwrap_or_default();
 
     let mut cargo = crate::cargo();
     cargo.args([
@@ -48,6 +50,38 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for scenario in &args.scenarios {
         cargo.args(["--scenario", scenario]);
     }
-    cargo.env("CB_CONN", &url).env("CB_BENCH_COMMIT", commit);
+    if let Some(duration) = args.duration {
+        cargo.args(["--duration", &duration.to_string()]);
+    }
+    if let Some(repeat) = args.repeat {
+        cargo.args(["--repeat", &repeat.to_string()]);
+    }
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    cargo
+        .env("CB_CONN", &url)
+        .env("CB_BENCH_COMMIT", commit)
+        .env(
+            "CB_BENCH_COMMAND",
+            format!("cargo xtask {}", command.join(" ")),
+        );
     crate::run_child(cargo)
+}
+
+/// Returns the short hash of `HEAD`, with `-dirty` appended when tracked
+/// files differ from it, or `None` outside a git checkout.
+fn current_commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(db::workspace_root())
+            .output()
+            .ok()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).filter(|output| output.status.success())?;
+    let mut commit = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    // `git diff --quiet` exits with 1 when the working tree differs.
+    if git(&["diff", "--quiet", "HEAD"]).is_some_and(|output| output.status.code() == Some(1)) {
+        commit.push_str("-dirty");
+    }
+    Some(commit)
 }

@@ -43,7 +43,7 @@ enum Command {
     Demo,
     /// Apply, revert or list catbird's schema versions.
     Migrate(migrate::Args),
-    /// Run the benchmark scenarios (release build) on a fresh database; print a table and write target/bench/results.json.
+    /// Run the benchmark suite (release build) on a fresh database; print a table and write target/bench/results.json.
     Bench(bench::Args),
 }
 
