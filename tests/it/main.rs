@@ -2,6 +2,7 @@
 //! build and link time down. Each test creates its own database.
 
 mod conditions;
+mod fanout_review;
 mod flow_cancel;
 mod flow_conditions;
 mod flow_definitions;
