@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -113,6 +113,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "gc",
         source: include_str!("../../../sql/0005_gc.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "task_batching",
+        source: include_str!("../../../sql/0006_task_batching.sql"),
     },
 ];
 
