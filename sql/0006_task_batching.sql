@@ -199,6 +199,9 @@ BEGIN
         WHERE status IN ('queued', 'started') AND (expires_at IS NULL OR expires_at > now())$sql$,
         v_task.table_name)
         INTO v_at;
+    IF v_at IS NULL THEN
+        RETURN NULL;
+    END IF;
     RETURN greatest(ceil(extract(epoch FROM v_at - clock_timestamp()) * 1000), 0)::bigint;
 END;
 $$;
