@@ -22,6 +22,7 @@ mod queues;
 mod robustness;
 mod sql_api;
 mod step_macro;
+mod task_batching;
 mod task_cancel;
 mod task_macro;
 mod task_on_fail;
