@@ -206,6 +206,21 @@ BEGIN
 END;
 $$;
 
+-- Returns which of `ids` are runs still started, ascending. A worker asks
+-- before it starts runs that waited for an execution slot, to skip the ones
+-- canceled meanwhile, with one statement for many runs.
+CREATE FUNCTION cb_started_task_runs(name text, ids bigint[]) RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_variable
+DECLARE
+    v_task record := cb_task_table(name);
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT id FROM %I WHERE id = ANY($1) AND status = ''started'' ORDER BY id', v_task.table_name)
+        USING ids;
+END;
+$$;
+
 -- Completes many attempts at once: run ids[i] with attempt attempts[i] gets
 -- outputs[i] (SQL NULL is stored as JSON null). Returns the ids that were
 -- completed, ascending; an id whose run is no longer started with that
@@ -347,6 +362,7 @@ $$;
 DROP FUNCTION cb_fail_tasks(text, bigint[], integer[], text[], integer[]);
 DROP FUNCTION cb_complete_tasks(text, bigint[], integer[], jsonb[]);
 DROP FUNCTION cb_next_task_visible_in(text);
+DROP FUNCTION cb_started_task_runs(text, bigint[]);
 CREATE OR REPLACE FUNCTION cb_create_task(
     name text,
     description text DEFAULT NULL,

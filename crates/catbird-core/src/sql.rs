@@ -87,6 +87,10 @@ pub const CLAIM_TASKS: &str =
 /// visible.
 pub const NEXT_TASK_VISIBLE_IN: &str = "SELECT cb_next_task_visible_in(name => $1)";
 
+/// `cb_started_task_runs`: which of many runs are still started, read by a
+/// worker before it starts runs that waited for an execution slot.
+pub const STARTED_TASK_RUNS: &str = "SELECT * FROM cb_started_task_runs(name => $1, ids => $2)";
+
 /// `cb_hide_tasks`: extends the leases of started runs.
 pub const HIDE_TASKS: &str = "SELECT * FROM cb_hide_tasks(name => $1, ids => $2, hide_for => $3)";
 
@@ -268,6 +272,7 @@ pub const ALL: &[&str] = &[
     CANCEL_TASK,
     CLAIM_TASKS,
     NEXT_TASK_VISIBLE_IN,
+    STARTED_TASK_RUNS,
     HIDE_TASKS,
     RELEASE_TASK,
     COMPLETE_TASK,

@@ -58,13 +58,15 @@ struct ClaimedRun {
     waited: bool,
     /// Fires when the run is canceled, from its claim on.
     token: CancellationToken,
-    /// When the claim returned.
-    claimed_at: Instant,
+    /// When the claim returned or the status was last re-read.
+    checked_at: Instant,
 }
 
 /// How long a claimed run may wait for an execution slot before the worker
 /// re-reads its status when it starts. A shorter wait relies on the
-/// cancellation notification, which fires the run's token.
+/// cancellation notification, which fires the run's token; the notification
+/// of a cancellation just before the start may still be on its way, and then
+/// the token fires while the handler runs.
 const STATUS_CHECK_AFTER: Duration = Duration::from_millis(20);
 
 /// Starts the loops of `handler`: one for runs, one for on-fail work when
@@ -168,13 +170,14 @@ const MAX_RESULTS_PER_WRITE: usize = 1_000;
 
 /// The claim loop of one task handler.
 ///
-/// It keeps up to `concurrency + batch_size` runs in the worker: the
-/// executing ones plus a backlog claimed ahead, so the next claim overlaps
-/// the executions of the previous one. A claim asks for at most
-/// `batch_size` runs. When a claim returns fewer runs than it asked for, the
-/// task has no more visible work and the loop waits for a wake-up before it
-/// claims again. Results go to the recorder task, which writes them in
-/// batches.
+/// It keeps up to `concurrency + 2 * batch_size` runs in the worker: the
+/// executing ones plus a backlog claimed ahead, so claims overlap the
+/// executions. A claim asks for at most `batch_size` runs. While claims come
+/// back full, two run at once (`SKIP LOCKED` keeps them apart), because a
+/// claim's cost hardly depends on its size. When a claim returns fewer runs
+/// than it asked for, the task has no more visible work and the loop waits
+/// for a wake-up before it claims again. Results go to the recorder task,
+/// which writes them in batches.
 async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     let concurrency = handler.opts.concurrency;
     let batch_size = handler.opts.batch_size.max(1);
@@ -187,7 +190,11 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     ));
     let mut executions = JoinSet::new();
     let mut backlog: VecDeque<ClaimedRun> = VecDeque::new();
-    let mut claim: Option<ClaimFuture> = None;
+    let mut claims: JoinSet<ClaimResult> = JoinSet::new();
+    // Runs asked for by the claims in flight.
+    let mut claiming = 0;
+    let mut last_claim_full = false;
+    let max_held = concurrency + 2 * batch_size;
     // When set, no claim starts before this time, or before a wake-up when
     // `wake_ends_wait` is also set.
     let mut wait_until: Option<Instant> = None;
@@ -205,25 +212,42 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
         }
 
         let running = concurrency - semaphore.available_permits();
-        let held = backlog.len() + running;
-        let room = (concurrency + batch_size).saturating_sub(held);
-        if claim.is_none() && wait_until.is_none() && room > 0 {
+        let held = backlog.len() + running + claiming;
+        let room = max_held.saturating_sub(held);
+        // A first claim takes whatever fits; a second one in parallel only
+        // while claims come back full, and only for a whole batch.
+        let start_claim = match claims.len() {
+            0 => room > 0,
+            1 => last_claim_full && room >= batch_size,
+            _ => false,
+        };
+        if start_claim && wait_until.is_none() {
             let quantity = room.min(batch_size);
-            claim = Some(Box::pin(claim_runs(
-                shared.clone(),
-                handler.clone(),
-                quantity,
-            )));
+            claiming += quantity;
+            claims.spawn(claim_runs(shared.clone(), handler.clone(), quantity));
         }
 
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => break,
-            claimed = async { claim.as_mut().expect("guarded by the branch condition").await }, if claim.is_some() => {
-                claim = None;
+            Some(joined) = claims.join_next() => {
+                let claimed = match joined {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        // The quantity of a claim that panicked is unknown;
+                        // none is in flight once the set is empty.
+                        tracing::error!(task = %handler.name, %error, "a claim ended unexpectedly");
+                        if claims.is_empty() {
+                            claiming = 0;
+                        }
+                        Err((0, catbird_core::Error::InvalidArgument(format!("the claim ended unexpectedly: {error}"))))
+                    }
+                };
                 match claimed {
                     Ok((quantity, runs)) => {
                         failures = 0;
+                        claiming -= quantity;
+                        last_claim_full = runs.len() == quantity;
                         if runs.len() < quantity {
                             if shared.registry.is_listening()
                                 && last_next_visible_check.is_none_or(|at: Instant| at.elapsed() >= NEXT_VISIBLE_CHECK)
@@ -250,8 +274,10 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                             run
                         }));
                     }
-                    Err(error) => {
+                    Err((quantity, error)) => {
                         failures += 1;
+                        claiming -= quantity;
+                        last_claim_full = false;
                         tracing::warn!(task = %handler.name, %error, "could not claim runs");
                         wait_until = Some(Instant::now() + error_pause(failures));
                         wake_ends_wait = false;
@@ -260,7 +286,10 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
             }
             permit = semaphore.clone().acquire_owned(), if !backlog.is_empty() => {
                 let permit = permit.expect("the semaphore is never closed");
-                let run = backlog.pop_front().expect("guarded by the branch condition");
+                let mut run = backlog.pop_front().expect("guarded by the branch condition");
+                if needs_status_check(&shared, &run) {
+                    check_waiting_runs(&shared, &handler, &mut run, &mut backlog).await;
+                }
                 executions.spawn(execute(shared.clone(), handler.clone(), run, permit, results.clone()));
             }
             () = waker.woken(), if wait_until.is_some() && wake_ends_wait => {
@@ -272,10 +301,10 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
         }
     }
 
-    // Shutdown: a claim in flight still finishes, so its runs are given back
+    // Shutdown: claims in flight still finish, so their runs are given back
     // with the rest of the backlog.
-    if let Some(claim) = claim.take() {
-        if let Ok((_, runs)) = claim.await {
+    while let Some(joined) = claims.join_next().await {
+        if let Ok(Ok((_, runs))) = joined {
             backlog.extend(runs);
         }
     }
@@ -287,28 +316,21 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     }
 }
 
-type ClaimFuture = std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = Result<(usize, Vec<ClaimedRun>), catbird_core::Error>>
-            + Send,
-    >,
->;
+/// The quantity a claim asked for, with the runs it got or its error.
+type ClaimResult = Result<(usize, Vec<ClaimedRun>), (usize, catbird_core::Error)>;
 
 /// Claims up to `quantity` runs and returns the quantity asked for with the
 /// runs. The claimed runs are held for lease renewal and get a cancellation
 /// token at once, so a cancellation that arrives before they start reaches
 /// them.
-async fn claim_runs(
-    shared: Arc<Shared>,
-    handler: Arc<RunHandler>,
-    quantity: usize,
-) -> Result<(usize, Vec<ClaimedRun>), catbird_core::Error> {
+async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usize) -> ClaimResult {
     let lease_ms = shared.lease_ms();
     let asked = i32::try_from(quantity).unwrap_or(i32::MAX);
     let rows = shared
         .pool
         .query_rows(sql::CLAIM_TASKS, &[&&*handler.name, &asked, &lease_ms])
-        .await?;
+        .await
+        .map_err(|error| (quantity, error))?;
     let runs: Vec<ClaimedRun> = rows
         .iter()
         .map(|row| {
@@ -323,7 +345,7 @@ async fn claim_runs(
                 attempt: row.get("attempts"),
                 waited: false,
                 token: shared.hard_stop.child_token(),
-                claimed_at: Instant::now(),
+                checked_at: Instant::now(),
             }
         })
         .collect();
@@ -481,19 +503,6 @@ async fn attempt_run(shared: &Shared, handler: &RunHandler, run: ClaimedRun) -> 
         tracing::debug!(task = %handler.name, task.run_id = run.id, "run was canceled before it started");
         return Outcome::Canceled;
     }
-    // With a listen connection, a cancellation that came while the run
-    // waited fired its token, unless its notification is still on the way;
-    // so the database is asked when the run waited without a listen
-    // connection, or longer than a notification takes.
-    let waited_long = run.claimed_at.elapsed() >= STATUS_CHECK_AFTER;
-    if run.waited
-        && (waited_long || !shared.registry.is_listening())
-        && canceled_while_waiting(shared, handler, run.id).await
-    {
-        tracing::debug!(task = %handler.name, task.run_id = run.id, "run was canceled before it started");
-        return Outcome::Canceled;
-    }
-
     if let Some(breaker) = &handler.breaker {
         if let Err(retry_after) = breaker.acquire() {
             let delay = i32::try_from(retry_after.as_millis().max(1)).unwrap_or(i32::MAX);
@@ -539,21 +548,54 @@ async fn attempt_run(shared: &Shared, handler: &RunHandler, run: ClaimedRun) -> 
     }
 }
 
-/// Checks whether a run that waited for an execution slot is still
-/// started. A failed check counts as "not canceled": the attempt then runs,
-/// and its result is discarded if the run was canceled after all.
-async fn canceled_while_waiting(shared: &Shared, handler: &RunHandler, id: i64) -> bool {
+/// Whether a run about to start must have its status re-read: it waited
+/// for an execution slot, and either no listen connection delivers
+/// cancellations or it waited longer than a notification takes.
+fn needs_status_check(shared: &Shared, run: &ClaimedRun) -> bool {
+    run.waited
+        && !run.token.is_cancelled()
+        && (!shared.registry.is_listening() || run.checked_at.elapsed() >= STATUS_CHECK_AFTER)
+}
+
+/// Re-reads, with one statement, whether `run` and the runs waiting in the
+/// backlog are still started, and fires the token of each one that is not,
+/// so it is skipped when it starts. A failed read counts as "not canceled":
+/// the attempts then run, and a result of a canceled run is discarded.
+async fn check_waiting_runs(
+    shared: &Shared,
+    handler: &RunHandler,
+    run: &mut ClaimedRun,
+    backlog: &mut VecDeque<ClaimedRun>,
+) {
+    let ids: Vec<i64> = std::iter::once(run.id)
+        .chain(
+            backlog
+                .iter()
+                .filter(|waiting| waiting.waited)
+                .map(|waiting| waiting.id),
+        )
+        .collect();
     match shared
         .pool
-        .query_opt_row(sql::TASK_RUN_STATUS, &[&&*handler.name, &id])
+        .query_rows(sql::STARTED_TASK_RUNS, &[&&*handler.name, &ids])
         .await
     {
-        Ok(Some(row)) => row.get::<_, String>(0) != "started",
-        Ok(None) => true,
+        Ok(rows) => {
+            let started: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+            let now = Instant::now();
+            for checked in
+                std::iter::once(run).chain(backlog.iter_mut().filter(|waiting| waiting.waited))
+            {
+                checked.checked_at = now;
+                if !started.contains(&checked.id) {
+                    tracing::debug!(task = %handler.name, task.run_id = checked.id, "run was canceled before it started");
+                    checked.token.cancel();
+                }
+            }
+        }
         Err(error) => {
-            tracing::warn!(task = %handler.name, task.run_id = id, %error,
-                "could not check whether a waiting run was canceled; starting it");
-            false
+            tracing::warn!(task = %handler.name, count = ids.len(), %error,
+                "could not check whether waiting runs were canceled; starting them");
         }
     }
 }
@@ -683,26 +725,43 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 }
 
 /// Writes the results of one handler's attempts: everything that arrived
-/// while the previous write ran goes into the next one, so under load one
+/// while the previous writes ran goes into the next one, so under load one
 /// commit records many runs, and an idle handler's result is written at
-/// once. A result counts only once its statement has committed; until then
-/// the run stays held and its lease renewed.
+/// once. Up to [`WRITES_IN_FLIGHT`] writes run at once. A result counts only
+/// once its statement has committed; until then the run stays held and its
+/// lease renewed.
 async fn record_loop(
     shared: Arc<Shared>,
     handler: Arc<RunHandler>,
     mut results: mpsc::Receiver<Finished>,
 ) {
-    let mut batch = Vec::new();
-    while results.recv_many(&mut batch, MAX_RESULTS_PER_WRITE).await > 0 {
-        let (succeeded, failed): (Vec<Finished>, Vec<Finished>) = batch
-            .drain(..)
-            .partition(|finished| matches!(finished.result, FinishedResult::Succeeded(_)));
-        if !succeeded.is_empty() {
-            write_completions(&shared, &handler, succeeded).await;
+    let mut writes = JoinSet::new();
+    loop {
+        if writes.len() >= WRITES_IN_FLIGHT {
+            writes.join_next().await;
         }
-        if !failed.is_empty() {
-            write_failures(&shared, &handler, failed).await;
+        let mut batch = Vec::new();
+        if results.recv_many(&mut batch, MAX_RESULTS_PER_WRITE).await == 0 {
+            break;
         }
+        writes.spawn(write_results(shared.clone(), handler.clone(), batch));
+        while writes.try_join_next().is_some() {}
+    }
+    while writes.join_next().await.is_some() {}
+}
+
+/// How many result writes of one handler run at once.
+const WRITES_IN_FLIGHT: usize = 2;
+
+async fn write_results(shared: Arc<Shared>, handler: Arc<RunHandler>, batch: Vec<Finished>) {
+    let (succeeded, failed): (Vec<Finished>, Vec<Finished>) = batch
+        .into_iter()
+        .partition(|finished| matches!(finished.result, FinishedResult::Succeeded(_)));
+    if !succeeded.is_empty() {
+        write_completions(&shared, &handler, succeeded).await;
+    }
+    if !failed.is_empty() {
+        write_failures(&shared, &handler, failed).await;
     }
 }
 
