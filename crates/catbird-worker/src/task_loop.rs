@@ -58,16 +58,15 @@ struct ClaimedRun {
     waited: bool,
     /// Fires when the run is canceled, from its claim on.
     token: CancellationToken,
-    /// When the claim returned or the status was last re-read.
-    checked_at: Instant,
+    /// When the status was last re-read, if ever.
+    checked_at: Option<Instant>,
 }
 
-/// How long a claimed run may wait for an execution slot before the worker
-/// re-reads its status when it starts. A shorter wait relies on the
-/// cancellation notification, which fires the run's token; the notification
-/// of a cancellation just before the start may still be on its way, and then
-/// the token fires while the handler runs.
-const STATUS_CHECK_AFTER: Duration = Duration::from_millis(20);
+/// How long a re-read status of a waiting run stays good: a run checked
+/// together with an earlier one starts without another read within this
+/// time. A cancellation in that window reaches the handler through its
+/// token, once the notification arrives.
+const STATUS_CHECK_FRESH: Duration = Duration::from_millis(20);
 
 /// Starts the loops of `handler`: one for runs, one for on-fail work when
 /// the handler has an on-fail function.
@@ -130,10 +129,6 @@ fn idle_wait(shared: &Shared, next_visible: Option<Duration>) -> Duration {
 
 /// The longest fallback poll of an idle run loop while the worker listens.
 const LISTENING_POLL: Duration = Duration::from_secs(60);
-
-/// How often an idle run loop asks when the next run becomes visible at
-/// most, so a loop woken for one run at a time does not ask every time.
-const NEXT_VISIBLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Asks when the next run of the loop's task becomes visible. `None` when no
 /// run is waiting, or when the question failed (the fallback poll covers
@@ -200,7 +195,8 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     let mut wait_until: Option<Instant> = None;
     let mut wake_ends_wait = false;
     let mut failures = 0;
-    let mut last_next_visible_check: Option<Instant> = None;
+    // The listen connection count at the last cb_next_task_visible_in call.
+    let mut checked_for_connection: Option<u64> = None;
     // When the next run known to the loop becomes visible.
     let mut next_visible_at: Option<Instant> = None;
     let waker = shared.registry.waker("t", &handler.name);
@@ -249,10 +245,9 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         claiming -= quantity;
                         last_claim_full = runs.len() == quantity;
                         if runs.len() < quantity {
-                            if shared.registry.is_listening()
-                                && last_next_visible_check.is_none_or(|at: Instant| at.elapsed() >= NEXT_VISIBLE_CHECK)
-                            {
-                                last_next_visible_check = Some(Instant::now());
+                            let connections = shared.registry.connections();
+                            if shared.registry.is_listening() && checked_for_connection != Some(connections) {
+                                checked_for_connection = Some(connections);
                                 // A run visible now was locked by another
                                 // claimer: look again after the short poll.
                                 next_visible_at = next_visible_in(&shared, &handler.name)
@@ -287,7 +282,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
             permit = semaphore.clone().acquire_owned(), if !backlog.is_empty() => {
                 let permit = permit.expect("the semaphore is never closed");
                 let mut run = backlog.pop_front().expect("guarded by the branch condition");
-                if needs_status_check(&shared, &run) {
+                if needs_status_check(&run) {
                     check_waiting_runs(&shared, &handler, &mut run, &mut backlog).await;
                 }
                 executions.spawn(execute(shared.clone(), handler.clone(), run, permit, results.clone()));
@@ -345,7 +340,7 @@ async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usi
                 attempt: row.get("attempts"),
                 waited: false,
                 token: shared.hard_stop.child_token(),
-                checked_at: Instant::now(),
+                checked_at: None,
             }
         })
         .collect();
@@ -549,12 +544,14 @@ async fn attempt_run(shared: &Shared, handler: &RunHandler, run: ClaimedRun) -> 
 }
 
 /// Whether a run about to start must have its status re-read: it waited
-/// for an execution slot, and either no listen connection delivers
-/// cancellations or it waited longer than a notification takes.
-fn needs_status_check(shared: &Shared, run: &ClaimedRun) -> bool {
+/// for an execution slot, so it may have been canceled meanwhile, and no
+/// read of the last 20 ms already covered it.
+fn needs_status_check(run: &ClaimedRun) -> bool {
     run.waited
         && !run.token.is_cancelled()
-        && (!shared.registry.is_listening() || run.checked_at.elapsed() >= STATUS_CHECK_AFTER)
+        && run
+            .checked_at
+            .is_none_or(|checked_at| checked_at.elapsed() >= STATUS_CHECK_FRESH)
 }
 
 /// Re-reads, with one statement, whether `run` and the runs waiting in the
@@ -586,7 +583,7 @@ async fn check_waiting_runs(
             for checked in
                 std::iter::once(run).chain(backlog.iter_mut().filter(|waiting| waiting.waited))
             {
-                checked.checked_at = now;
+                checked.checked_at = Some(now);
                 if !started.contains(&checked.id) {
                     tracing::debug!(task = %handler.name, task.run_id = checked.id, "run was canceled before it started");
                     checked.token.cancel();

@@ -8,7 +8,7 @@
 //! loops also poll, so a lost notification only delays work.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +78,8 @@ impl LoopWaker {
 pub(crate) struct Registry {
     /// Whether the listen connection is up and listening.
     listening: AtomicBool,
+    /// How many times the listen connection started listening.
+    connections: AtomicU64,
     loops: Mutex<HashMap<String, Arc<LoopWaker>>>,
     running: Mutex<HashMap<(String, i64), CancellationToken>>,
     /// Running steps per flow run: (flow, run id) -> step run id -> token.
@@ -91,7 +93,16 @@ impl Registry {
         self.listening.load(Ordering::Acquire)
     }
 
+    /// How many times the listen connection started listening. A change
+    /// means notifications may have been missed before it.
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
     fn set_listening(&self, listening: bool) {
+        if listening {
+            self.connections.fetch_add(1, Ordering::AcqRel);
+        }
         self.listening.store(listening, Ordering::Release);
     }
 
