@@ -25,6 +25,7 @@ mod robustness;
 mod sql_api;
 mod step_macro;
 mod step_macro_fan_out;
+mod task_batching;
 mod task_cancel;
 mod task_macro;
 mod task_on_fail;

@@ -1,5 +1,6 @@
 //! [`Client`]: the catbird operations bound to a connection pool.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -10,6 +11,7 @@ use crate::flow::{self, FlowDef, FlowHandle, FlowInfo, FlowRunInfo, RunFlowOpts,
 use crate::poll::PollOpts;
 use crate::queue::{self, CreateQueueOpts, Message, QueueInfo, SendManyOpts, SendOpts};
 use crate::task::{self, RunTaskOpts, RunTasksOpts, Task, TaskHandle, TaskInfo, TaskRunInfo};
+use crate::wait::RunListener;
 use crate::workers::{self, WorkerInfo};
 
 /// The catbird operations on a connection pool.
@@ -21,12 +23,45 @@ use crate::workers::{self, WorkerInfo};
 #[derive(Clone, Debug)]
 pub struct Client {
     pool: deadpool_postgres::Pool,
+    listener: Option<Arc<RunListener>>,
 }
 
 impl Client {
     /// A client over `pool`.
     pub fn new(pool: deadpool_postgres::Pool) -> Self {
-        Client { pool }
+        Client {
+            pool,
+            listener: None,
+        }
+    }
+
+    /// Sets the connection on which the client listens for finished runs.
+    ///
+    /// With it, [`TaskHandle::wait_for_output`] returns as soon as the run's
+    /// result commits instead of at its next check: the client opens one
+    /// `LISTEN` connection at the first wait and shares it among all waits
+    /// of this client and its clones. Without it, waits re-read the run
+    /// every poll interval.
+    pub fn listen_config(mut self, config: tokio_postgres::Config) -> Self {
+        self.listener = Some(Arc::new(RunListener::new(config)));
+        self
+    }
+
+    /// Sets the connection string of [`Client::listen_config`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the connection string does not parse.
+    pub fn listen_url(self, url: &str) -> Result<Self, Error> {
+        let config: tokio_postgres::Config = url.parse().map_err(|error| {
+            Error::InvalidArgument(format!("invalid listen connection string: {error}"))
+        })?;
+        Ok(self.listen_config(config))
+    }
+
+    /// The client's shared listen connection, when it has one.
+    pub(crate) fn listener(&self) -> Option<&Arc<RunListener>> {
+        self.listener.as_ref()
     }
 
     /// The pool this client uses.

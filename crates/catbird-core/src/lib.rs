@@ -54,6 +54,7 @@ mod query;
 pub mod queue;
 pub mod sql;
 pub mod task;
+mod wait;
 pub mod workers;
 
 pub use client::Client;

@@ -83,6 +83,14 @@ pub const CANCEL_TASK: &str = "SELECT cb_cancel_task(name => $1, id => $2, reaso
 pub const CLAIM_TASKS: &str =
     "SELECT * FROM cb_claim_tasks(name => $1, quantity => $2, hide_for => $3)";
 
+/// `cb_next_task_visible_in`: milliseconds until a task's next run becomes
+/// visible.
+pub const NEXT_TASK_VISIBLE_IN: &str = "SELECT cb_next_task_visible_in(name => $1)";
+
+/// `cb_started_task_runs`: which of many runs are still started, read by a
+/// worker before it starts runs that waited for an execution slot.
+pub const STARTED_TASK_RUNS: &str = "SELECT * FROM cb_started_task_runs(name => $1, ids => $2)";
+
 /// `cb_hide_tasks`: extends the leases of started runs.
 pub const HIDE_TASKS: &str = "SELECT * FROM cb_hide_tasks(name => $1, ids => $2, hide_for => $3)";
 
@@ -93,6 +101,17 @@ pub const RELEASE_TASK: &str =
 /// `cb_complete_task`.
 pub const COMPLETE_TASK: &str =
     "SELECT cb_complete_task(name => $1, id => $2, attempt => $3, output => $4)";
+
+/// `cb_complete_tasks`: completes many attempts in one statement.
+pub const COMPLETE_TASKS: &str =
+    "SELECT * FROM cb_complete_tasks(name => $1, ids => $2, attempts => $3, outputs => $4)";
+
+/// `cb_fail_tasks`: records many failed attempts in one statement.
+pub const FAIL_TASKS: &str = "SELECT * FROM cb_fail_tasks(name => $1, ids => $2, attempts => $3, \
+     error_messages => $4, retry_delays => $5)";
+
+/// `cb_wait_task_run`: registers a waiter, so the run's end is notified.
+pub const WAIT_TASK_RUN: &str = "SELECT cb_wait_task_run(task => $1, run_id => $2)";
 
 /// `cb_fail_task`.
 pub const FAIL_TASK: &str = "SELECT cb_fail_task(name => $1, id => $2, attempt => $3, error_message => $4, retry_delay => $5)";
@@ -290,10 +309,15 @@ pub const ALL: &[&str] = &[
     LIST_TASK_RUNS,
     CANCEL_TASK,
     CLAIM_TASKS,
+    NEXT_TASK_VISIBLE_IN,
+    STARTED_TASK_RUNS,
     HIDE_TASKS,
     RELEASE_TASK,
     COMPLETE_TASK,
+    COMPLETE_TASKS,
     FAIL_TASK,
+    FAIL_TASKS,
+    WAIT_TASK_RUN,
     CLAIM_TASK_ON_FAIL,
     COMPLETE_TASK_ON_FAIL,
     FAIL_TASK_ON_FAIL,

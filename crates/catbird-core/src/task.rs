@@ -381,6 +381,10 @@ impl RunTaskOpts {
     }
 }
 
+/// How often a wait re-reads its run while the client's listen connection
+/// is up, unless its poll interval is longer.
+const LISTENING_RECHECK: Duration = Duration::from_secs(1);
+
 /// A reference to one task run, typed by the task's output.
 ///
 /// Handles returned by [`Client`] methods carry the client, so
@@ -460,14 +464,52 @@ impl<O: DeserializeOwned> TaskHandle<O> {
         })
     }
 
-    /// Waits until the run finishes, checking every 200 ms, and decodes its
-    /// output. A failed, canceled, skipped or expired run gives
-    /// [`Error::RunFailed`], [`Error::RunCanceled`], [`Error::RunSkipped`] or
-    /// [`Error::RunExpired`]. Waits without limit: wrap it in
-    /// `tokio::time::timeout` to bound it.
+    /// Waits until the run finishes and decodes its output. A failed,
+    /// canceled, skipped or expired run gives [`Error::RunFailed`],
+    /// [`Error::RunCanceled`], [`Error::RunSkipped`] or [`Error::RunExpired`].
+    /// Waits without limit: wrap it in `tokio::time::timeout` to bound it.
+    ///
+    /// With a client that listens ([`Client::listen_config`]) the wait ends
+    /// when the result's notification arrives, and re-reads the run every
+    /// second in case a notification was missed; without one it re-reads
+    /// the run every 200 ms.
     pub async fn wait_for_output(&self) -> Result<O, Error> {
-        self.wait_for_output_on(self.client()?, PollOpts::default())
+        self.wait_for_output_with(PollOpts::default()).await
+    }
+
+    /// [`TaskHandle::wait_for_output`], re-reading the run every
+    /// `poll.poll_interval` (at least every second while the client's listen
+    /// connection is up, when the interval is shorter).
+    pub async fn wait_for_output_with(&self, poll: PollOpts) -> Result<O, Error> {
+        let client = self.client()?;
+        let Some(listener) = client.listener() else {
+            return self.wait_for_output_on(client, poll).await;
+        };
+        let poll = poll.normalized();
+        // Register locally before the database registration and the first
+        // read, so a notification sent after either reaches this wait.
+        let registration = listener.register(&self.task, self.id);
+        if let Err(error) = client
+            .query_rows(sql::WAIT_TASK_RUN, &[&self.task, &self.id])
             .await
+        {
+            tracing::debug!(task = %self.task, task.run_id = self.id, %error,
+                "could not register for the run's completion notification; polling");
+        }
+        loop {
+            if let Some(output) = self.check_finished(client).await? {
+                return output;
+            }
+            let interval = if listener.is_connected() {
+                poll.poll_interval.max(LISTENING_RECHECK)
+            } else {
+                poll.poll_interval
+            };
+            tokio::select! {
+                () = registration.notify.notified() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 
     /// [`TaskHandle::wait_for_output`] on an executor, checking every
@@ -479,17 +521,28 @@ impl<O: DeserializeOwned> TaskHandle<O> {
     ) -> Result<O, Error> {
         let poll = poll.normalized();
         loop {
-            match get_task_run(executor, &self.task, self.id).await {
-                Ok(run) if run.is_done() => return run.output_as(),
-                Ok(_) => {}
-                // A dropped connection or an exhausted pool does not end the
-                // wait: the run goes on without it.
-                Err(error) if error.is_transient() => {
-                    tracing::debug!(task = %self.task, task.run_id = self.id, %error, "retrying a failed wait");
-                }
-                Err(error) => return Err(error),
+            if let Some(output) = self.check_finished(executor).await? {
+                return output;
             }
             tokio::time::sleep(poll.poll_interval).await;
+        }
+    }
+
+    /// Reads the run: `Some` with its result when it finished, `None` while
+    /// it has not, or after a transient error (a dropped connection or an
+    /// exhausted pool does not end a wait, the run goes on without it).
+    async fn check_finished(
+        &self,
+        executor: &impl Executor,
+    ) -> Result<Option<Result<O, Error>>, Error> {
+        match get_task_run(executor, &self.task, self.id).await {
+            Ok(run) if run.is_done() => Ok(Some(run.output_as())),
+            Ok(_) => Ok(None),
+            Err(error) if error.is_transient() => {
+                tracing::debug!(task = %self.task, task.run_id = self.id, %error, "retrying a failed wait");
+                Ok(None)
+            }
+            Err(error) => Err(error),
         }
     }
 

@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -118,6 +118,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "fanout",
         source: include_str!("../../../sql/0006_fanout.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "task_batching",
+        source: include_str!("../../../sql/0007_task_batching.sql"),
     },
 ];
 

@@ -1,13 +1,14 @@
 //! The claim loops of one task handler: runs, and on-fail work.
 
 use std::any::Any;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use catbird_core::{Executor, JsonText, sql};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,8 @@ const ABORT_AFTER_HARD_STOP: Duration = Duration::from_secs(1);
 
 struct RunHandler {
     name: Arc<str>,
+    /// The registry key of this task's running handlers, `t|<task>`.
+    running_key: String,
     call: CallFn,
     opts: HandlerOpts,
     backoff: Arc<dyn BackoffStrategy>,
@@ -53,13 +56,24 @@ struct ClaimedRun {
     /// Whether the run waited for an execution slot after its claim, so it
     /// may have been canceled in the meantime.
     waited: bool,
+    /// Fires when the run is canceled, from its claim on.
+    token: CancellationToken,
+    /// When the status was last re-read, if ever.
+    checked_at: Option<Instant>,
 }
+
+/// How long a re-read status of a waiting run stays good: a run checked
+/// together with an earlier one starts without another read within this
+/// time. A cancellation in that window reaches the handler through its
+/// token, once the notification arrives.
+const STATUS_CHECK_FRESH: Duration = Duration::from_millis(20);
 
 /// Starts the loops of `handler`: one for runs, one for on-fail work when
 /// the handler has an on-fail function.
 pub(crate) fn spawn(shared: &Arc<Shared>, handler: TaskHandler, loops: &mut JoinSet<()>) {
     let name: Arc<str> = Arc::from(handler.definition.name.as_str());
     let run_handler = Arc::new(RunHandler {
+        running_key: format!("t|{name}"),
         name: name.clone(),
         call: handler.call,
         backoff: handler.opts.build_backoff(),
@@ -93,105 +107,257 @@ pub(crate) async fn idle(shared: &Shared, kind: &str, name: &str, fallback: Dura
     }
 }
 
+/// How long an idle run loop waits before it polls without a wake-up.
+///
+/// Without a healthy listen connection that is [`IDLE_POLL`]. While the
+/// worker listens, every new, retried or released run notifies it, and
+/// `next_visible` (from `cb_next_task_visible_in`) says when the next known
+/// run becomes visible. The poll then only catches
+/// runs that become claimable silently after that check, when the lease of
+/// a worker that died runs out, so it comes once per lease (between
+/// `IDLE_POLL` and [`LISTENING_POLL`]), less up to 10 % jitter so that the
+/// loops of one worker spread their polls. Losing the listen connection
+/// wakes every loop, which then polls at `IDLE_POLL` again.
+fn idle_wait(shared: &Shared, next_visible: Option<Duration>) -> Duration {
+    if !shared.registry.is_listening() {
+        return IDLE_POLL;
+    }
+    let base = shared.lease.clamp(IDLE_POLL, LISTENING_POLL);
+    let poll = base - base.mul_f64(rand::random::<f64>() / 10.0);
+    next_visible.map_or(poll, |delay| delay.min(poll))
+}
+
+/// The longest fallback poll of an idle run loop while the worker listens.
+const LISTENING_POLL: Duration = Duration::from_secs(60);
+
+/// Asks when the next run of the loop's task becomes visible. `None` when no
+/// run is waiting, or when the question failed (the fallback poll covers
+/// that).
+async fn next_visible_in(shared: &Shared, task: &str) -> Option<Duration> {
+    match shared
+        .pool
+        .query_opt_row(sql::NEXT_TASK_VISIBLE_IN, &[&task])
+        .await
+    {
+        Ok(row) => row
+            .and_then(|row| row.get::<_, Option<i64>>(0))
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        Err(error) => {
+            tracing::debug!(task, %error, "could not read when the next run becomes visible");
+            None
+        }
+    }
+}
+
 /// Waits after a failed poll, longer with each consecutive failure. Returns
 /// false on shutdown.
 pub(crate) async fn pause_after_error(shared: &Shared, failures: u32) -> bool {
-    let delay = FullJitter::new(Duration::from_millis(250), Duration::from_secs(5))
-        .delay(failures.saturating_sub(1));
+    let delay = error_pause(failures);
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
         () = shared.shutdown.cancelled() => false,
     }
 }
 
+/// Runs at most this many results through one completion or failure
+/// statement.
+const MAX_RESULTS_PER_WRITE: usize = 1_000;
+
+/// The claim loop of one task handler.
+///
+/// It keeps up to `concurrency + 2 * batch_size` runs in the worker: the
+/// executing ones plus a backlog claimed ahead, so claims overlap the
+/// executions. A claim asks for at most `batch_size` runs. While claims come
+/// back full, two run at once (`SKIP LOCKED` keeps them apart), because a
+/// claim's cost hardly depends on its size. When a claim returns fewer runs
+/// than it asked for, the task has no more visible work and the loop waits
+/// for a wake-up before it claims again. Results go to the recorder task,
+/// which writes them in batches.
 async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
-    let semaphore = Arc::new(Semaphore::new(handler.opts.concurrency));
-    let quantity = i32::try_from(handler.opts.batch_size).unwrap_or(i32::MAX);
+    let concurrency = handler.opts.concurrency;
+    let batch_size = handler.opts.batch_size.max(1);
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let (results, results_receiver) = mpsc::channel(concurrency + batch_size);
+    let recorder = tokio::spawn(record_loop(
+        shared.clone(),
+        handler.clone(),
+        results_receiver,
+    ));
     let mut executions = JoinSet::new();
+    let mut backlog: VecDeque<ClaimedRun> = VecDeque::new();
+    let mut claims: JoinSet<ClaimResult> = JoinSet::new();
+    // Runs asked for by the claims in flight.
+    let mut claiming = 0;
+    let mut last_claim_full = false;
+    let max_held = concurrency + 2 * batch_size;
+    // When set, no claim starts before this time, or before a wake-up when
+    // `wake_ends_wait` is also set.
+    let mut wait_until: Option<Instant> = None;
+    let mut wake_ends_wait = false;
     let mut failures = 0;
+    // The listen connection count at the last cb_next_task_visible_in call.
+    let mut checked_for_connection: Option<u64> = None;
+    // When the next run known to the loop becomes visible.
+    let mut next_visible_at: Option<Instant> = None;
+    let waker = shared.registry.waker("t", &handler.name);
 
-    'claiming: loop {
-        // Claim only when an execution slot is free.
-        let permit = tokio::select! {
-            permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = shared.shutdown.cancelled() => break,
-        };
+    loop {
         while executions.try_join_next().is_some() {}
+        if wait_until.is_some_and(|at| at <= Instant::now()) {
+            wait_until = None;
+        }
 
-        let lease_ms = shared.lease_ms();
-        let rows = match shared
-            .pool
-            .query_rows(sql::CLAIM_TASKS, &[&&*handler.name, &quantity, &lease_ms])
-            .await
-        {
-            Ok(rows) => {
-                failures = 0;
-                rows
-            }
-            Err(error) => {
-                failures += 1;
-                tracing::warn!(task = %handler.name, %error, "could not claim runs");
-                drop(permit);
-                if pause_after_error(&shared, failures).await {
-                    continue;
-                }
-                break;
-            }
+        let running = concurrency - semaphore.available_permits();
+        let held = backlog.len() + running + claiming;
+        let room = max_held.saturating_sub(held);
+        // A first claim takes whatever fits; a second one in parallel only
+        // while claims come back full, and only for a whole batch.
+        let start_claim = match claims.len() {
+            0 => room > 0,
+            1 => last_claim_full && room >= batch_size,
+            _ => false,
         };
-        if rows.is_empty() {
-            drop(permit);
-            if idle(&shared, "t", &handler.name, IDLE_POLL).await {
-                continue;
-            }
-            break;
+        if start_claim && wait_until.is_none() {
+            let quantity = room.min(batch_size);
+            claiming += quantity;
+            claims.spawn(claim_runs(shared.clone(), handler.clone(), quantity));
         }
 
-        let runs: Vec<ClaimedRun> = rows
-            .iter()
-            .map(|row| {
-                let headers: Option<Value> = row.get("headers");
-                ClaimedRun {
-                    id: row.get("id"),
-                    input: row.get("input"),
-                    headers: match headers {
-                        Some(Value::Object(map)) => Some(map),
-                        _ => None,
-                    },
-                    attempt: row.get("attempts"),
-                    waited: false,
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => break,
+            Some(joined) = claims.join_next() => {
+                let claimed = match joined {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        // The quantity of a claim that panicked is unknown;
+                        // none is in flight once the set is empty.
+                        tracing::error!(task = %handler.name, %error, "a claim ended unexpectedly");
+                        if claims.is_empty() {
+                            claiming = 0;
+                        }
+                        Err((0, catbird_core::Error::InvalidArgument(format!("the claim ended unexpectedly: {error}"))))
+                    }
+                };
+                match claimed {
+                    Ok((quantity, runs)) => {
+                        failures = 0;
+                        claiming -= quantity;
+                        last_claim_full = runs.len() == quantity;
+                        if runs.len() < quantity {
+                            let connections = shared.registry.connections();
+                            if shared.registry.is_listening() && checked_for_connection != Some(connections) {
+                                checked_for_connection = Some(connections);
+                                // A run visible now was locked by another
+                                // claimer: look again after the short poll.
+                                next_visible_at = next_visible_in(&shared, &handler.name)
+                                    .await
+                                    .map(|delay| Instant::now() + if delay.is_zero() { IDLE_POLL } else { delay });
+                            }
+                            let now = Instant::now();
+                            let next_visible = next_visible_at
+                                .filter(|at| *at > now)
+                                .map(|at| at - now);
+                            wait_until = Some(now + idle_wait(&shared, next_visible));
+                            wake_ends_wait = true;
+                        }
+                        // Runs beyond the free slots wait in the backlog,
+                        // where a cancellation may overtake them.
+                        let free = semaphore.available_permits().saturating_sub(backlog.len());
+                        backlog.extend(runs.into_iter().enumerate().map(|(index, mut run)| {
+                            run.waited = index >= free;
+                            run
+                        }));
+                    }
+                    Err((quantity, error)) => {
+                        failures += 1;
+                        claiming -= quantity;
+                        last_claim_full = false;
+                        tracing::warn!(task = %handler.name, %error, "could not claim runs");
+                        wait_until = Some(Instant::now() + error_pause(failures));
+                        wake_ends_wait = false;
+                    }
                 }
-            })
-            .collect();
-        for run in &runs {
-            shared.hold(&handler.name, run.id);
-        }
-        tracing::trace!(task = %handler.name, count = runs.len(), "claimed runs");
-
-        let mut permit = Some(permit);
-        let mut pending = runs.into_iter();
-        while let Some(mut run) = pending.next() {
-            let free = permit
-                .take()
-                .or_else(|| semaphore.clone().try_acquire_owned().ok());
-            let permit = match free {
-                Some(permit) => permit,
-                None => tokio::select! {
-                    permit = semaphore.clone().acquire_owned() => {
-                        run.waited = true;
-                        permit.expect("the semaphore is never closed")
-                    }
-                    () = shared.shutdown.cancelled() => {
-                        let unstarted: Vec<ClaimedRun> = std::iter::once(run).chain(pending).collect();
-                        release_unstarted(&shared, &handler.name, unstarted).await;
-                        break 'claiming;
-                    }
-                },
-            };
-            executions.spawn(execute(shared.clone(), handler.clone(), run, permit));
+            }
+            permit = semaphore.clone().acquire_owned(), if !backlog.is_empty() => {
+                let permit = permit.expect("the semaphore is never closed");
+                let mut run = backlog.pop_front().expect("guarded by the branch condition");
+                if needs_status_check(&run) {
+                    check_waiting_runs(&shared, &handler, &mut run, &mut backlog).await;
+                }
+                executions.spawn(execute(shared.clone(), handler.clone(), run, permit, results.clone()));
+            }
+            () = waker.woken(), if wait_until.is_some() && wake_ends_wait => {
+                wait_until = None;
+            }
+            () = sleep_until_opt(wait_until), if wait_until.is_some() => {
+                wait_until = None;
+            }
         }
     }
 
+    // Shutdown: claims in flight still finish, so their runs are given back
+    // with the rest of the backlog.
+    while let Some(joined) = claims.join_next().await {
+        if let Ok(Ok((_, runs))) = joined {
+            backlog.extend(runs);
+        }
+    }
+    release_unstarted(&shared, &handler.name, backlog.into_iter().collect()).await;
     while executions.join_next().await.is_some() {}
+    drop(results);
+    if let Err(error) = recorder.await {
+        tracing::error!(task = %handler.name, %error, "the result recorder of a task stopped unexpectedly");
+    }
+}
+
+/// The quantity a claim asked for, with the runs it got or its error.
+type ClaimResult = Result<(usize, Vec<ClaimedRun>), (usize, catbird_core::Error)>;
+
+/// Claims up to `quantity` runs and returns the quantity asked for with the
+/// runs. The claimed runs are held for lease renewal and get a cancellation
+/// token at once, so a cancellation that arrives before they start reaches
+/// them.
+async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usize) -> ClaimResult {
+    let lease_ms = shared.lease_ms();
+    let asked = i32::try_from(quantity).unwrap_or(i32::MAX);
+    let rows = shared
+        .pool
+        .query_rows(sql::CLAIM_TASKS, &[&&*handler.name, &asked, &lease_ms])
+        .await
+        .map_err(|error| (quantity, error))?;
+    let runs: Vec<ClaimedRun> = rows
+        .iter()
+        .map(|row| {
+            let headers: Option<Value> = row.get("headers");
+            ClaimedRun {
+                id: row.get("id"),
+                input: row.get("input"),
+                headers: match headers {
+                    Some(Value::Object(map)) => Some(map),
+                    _ => None,
+                },
+                attempt: row.get("attempts"),
+                waited: false,
+                token: shared.hard_stop.child_token(),
+                checked_at: None,
+            }
+        })
+        .collect();
+    shared.hold_many(&handler.name, runs.iter().map(|run| run.id));
+    for run in &runs {
+        shared
+            .registry
+            .track_running(&handler.running_key, run.id, run.token.clone());
+    }
+    tracing::trace!(task = %handler.name, count = runs.len(), "claimed runs");
+    Ok((quantity, runs))
+}
+
+/// How long a loop waits after its `failures`-th consecutive failed poll.
+pub(crate) fn error_pause(failures: u32) -> Duration {
+    FullJitter::new(Duration::from_millis(250), Duration::from_secs(5))
+        .delay(failures.saturating_sub(1))
 }
 
 /// Gives claimed runs that never started back, so other workers take them at
@@ -206,6 +372,9 @@ async fn release_unstarted(shared: &Shared, task: &str, runs: Vec<ClaimedRun>) {
         {
             tracing::warn!(task, task.run_id = run.id, %error, "could not give back an unstarted run; it returns after its lease");
         }
+        shared
+            .registry
+            .untrack_running(&format!("t|{task}"), run.id);
         shared.forget(task, run.id);
     }
 }
@@ -220,18 +389,30 @@ enum Outcome {
     Interrupted,
 }
 
+/// A result waiting to be written by the recorder.
+struct Finished {
+    id: i64,
+    attempt: i32,
+    result: FinishedResult,
+}
+
+enum FinishedResult {
+    Succeeded(JsonText),
+    /// A failed attempt, with the retry delay in milliseconds, `None` when
+    /// no retry is left.
+    Failed {
+        message: String,
+        retry_delay: Option<i32>,
+    },
+}
+
 async fn execute(
     shared: Arc<Shared>,
     handler: Arc<RunHandler>,
     run: ClaimedRun,
     permit: OwnedSemaphorePermit,
+    results: mpsc::Sender<Finished>,
 ) {
-    let token = shared.hard_stop.child_token();
-    let running_key = format!("t|{}", handler.name);
-    shared
-        .registry
-        .track_running(&running_key, run.id, token.clone());
-
     let id = run.id;
     let attempt = run.attempt;
     let span = tracing::info_span!("task_run", task = %handler.name, task.run_id = id, attempt);
@@ -239,26 +420,84 @@ async fn execute(
         let _entered = span.enter();
         tracing::trace!("attempt starting");
         drop(_entered);
-        attempt_run(&shared, &handler, run, token).await
+        attempt_run(&shared, &handler, run).await
     };
-    record(&shared, &handler, id, attempt, outcome).await;
+    shared.registry.untrack_running(&handler.running_key, id);
 
-    shared.registry.untrack_running(&running_key, id);
-    shared.forget(&handler.name, id);
+    let result = match outcome {
+        Outcome::Succeeded(output) => {
+            if let Some(breaker) = &handler.breaker {
+                breaker.record_success();
+            }
+            FinishedResult::Succeeded(output)
+        }
+        Outcome::Failed(message) => {
+            if let Some(breaker) = &handler.breaker {
+                breaker.record_failure();
+            }
+            let retry_delay = retry_delay_ms(attempt, handler.opts.max_retries, &*handler.backoff);
+            FinishedResult::Failed {
+                message,
+                retry_delay,
+            }
+        }
+        Outcome::Canceled => {
+            tracing::debug!(task = %handler.name, task.run_id = id, attempt,
+                "run was canceled; its result is discarded");
+            shared.forget(&handler.name, id);
+            return;
+        }
+        Outcome::Interrupted => {
+            release_interrupted(&shared, &handler.name, id, attempt).await;
+            shared.forget(&handler.name, id);
+            return;
+        }
+    };
+    // The slot is free once the result is queued: the recorder writes it,
+    // and the run stays held (its lease renewed) until then.
     drop(permit);
+    if results
+        .send(Finished {
+            id,
+            attempt,
+            result,
+        })
+        .await
+        .is_err()
+    {
+        tracing::error!(task = %handler.name, task.run_id = id, attempt,
+            "the result recorder stopped; the run is retried after its lease");
+        shared.forget(&handler.name, id);
+    }
 }
 
-async fn attempt_run(
-    shared: &Shared,
-    handler: &RunHandler,
-    run: ClaimedRun,
-    token: CancellationToken,
-) -> Outcome {
-    if run.waited && canceled_while_waiting(shared, handler, run.id).await {
+async fn release_interrupted(shared: &Shared, name: &str, id: i64, attempt: i32) {
+    let zero = 0i32;
+    if let Err(error) = shared
+        .pool
+        .query_rows(sql::RELEASE_TASK, &[&name, &id, &attempt, &zero])
+        .await
+    {
+        tracing::warn!(task = name, task.run_id = id, %error,
+            "could not give back an interrupted run; it returns after its lease");
+    } else {
+        tracing::info!(
+            task = name,
+            task.run_id = id,
+            "worker stopped during the run; gave it back"
+        );
+    }
+}
+
+async fn attempt_run(shared: &Shared, handler: &RunHandler, run: ClaimedRun) -> Outcome {
+    let token = run.token;
+    if shared.hard_stop.is_cancelled() {
+        return Outcome::Interrupted;
+    }
+    if token.is_cancelled() {
         tracing::debug!(task = %handler.name, task.run_id = run.id, "run was canceled before it started");
         return Outcome::Canceled;
     }
-
     if let Some(breaker) = &handler.breaker {
         if let Err(retry_after) = breaker.acquire() {
             let delay = i32::try_from(retry_after.as_millis().max(1)).unwrap_or(i32::MAX);
@@ -304,21 +543,56 @@ async fn attempt_run(
     }
 }
 
-/// Checks whether a run that waited for an execution slot is still
-/// started. A failed check counts as "not canceled": the attempt then runs,
-/// and its result is discarded if the run was canceled after all.
-async fn canceled_while_waiting(shared: &Shared, handler: &RunHandler, id: i64) -> bool {
+/// Whether a run about to start must have its status re-read: it waited
+/// for an execution slot, so it may have been canceled meanwhile, and no
+/// read of the last 20 ms already covered it.
+fn needs_status_check(run: &ClaimedRun) -> bool {
+    run.waited
+        && !run.token.is_cancelled()
+        && run
+            .checked_at
+            .is_none_or(|checked_at| checked_at.elapsed() >= STATUS_CHECK_FRESH)
+}
+
+/// Re-reads, with one statement, whether `run` and the runs waiting in the
+/// backlog are still started, and fires the token of each one that is not,
+/// so it is skipped when it starts. A failed read counts as "not canceled":
+/// the attempts then run, and a result of a canceled run is discarded.
+async fn check_waiting_runs(
+    shared: &Shared,
+    handler: &RunHandler,
+    run: &mut ClaimedRun,
+    backlog: &mut VecDeque<ClaimedRun>,
+) {
+    let ids: Vec<i64> = std::iter::once(run.id)
+        .chain(
+            backlog
+                .iter()
+                .filter(|waiting| waiting.waited)
+                .map(|waiting| waiting.id),
+        )
+        .collect();
     match shared
         .pool
-        .query_opt_row(sql::TASK_RUN_STATUS, &[&&*handler.name, &id])
+        .query_rows(sql::STARTED_TASK_RUNS, &[&&*handler.name, &ids])
         .await
     {
-        Ok(Some(row)) => row.get::<_, String>(0) != "started",
-        Ok(None) => true,
+        Ok(rows) => {
+            let started: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+            let now = Instant::now();
+            for checked in
+                std::iter::once(run).chain(backlog.iter_mut().filter(|waiting| waiting.waited))
+            {
+                checked.checked_at = Some(now);
+                if !started.contains(&checked.id) {
+                    tracing::debug!(task = %handler.name, task.run_id = checked.id, "run was canceled before it started");
+                    checked.token.cancel();
+                }
+            }
+        }
         Err(error) => {
-            tracing::warn!(task = %handler.name, task.run_id = id, %error,
-                "could not check whether a waiting run was canceled; starting it");
-            false
+            tracing::warn!(task = %handler.name, count = ids.len(), %error,
+                "could not check whether waiting runs were canceled; starting them");
         }
     }
 }
@@ -447,89 +721,150 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
     }
 }
 
-/// Writes the outcome of one attempt.
-async fn record(shared: &Shared, handler: &RunHandler, id: i64, attempt: i32, outcome: Outcome) {
+/// Writes the results of one handler's attempts: everything that arrived
+/// while the previous writes ran goes into the next one, so under load one
+/// commit records many runs, and an idle handler's result is written at
+/// once. Up to [`WRITES_IN_FLIGHT`] writes run at once. A result counts only
+/// once its statement has committed; until then the run stays held and its
+/// lease renewed.
+async fn record_loop(
+    shared: Arc<Shared>,
+    handler: Arc<RunHandler>,
+    mut results: mpsc::Receiver<Finished>,
+) {
+    let mut writes = JoinSet::new();
+    loop {
+        if writes.len() >= WRITES_IN_FLIGHT {
+            writes.join_next().await;
+        }
+        let mut batch = Vec::new();
+        if results.recv_many(&mut batch, MAX_RESULTS_PER_WRITE).await == 0 {
+            break;
+        }
+        writes.spawn(write_results(shared.clone(), handler.clone(), batch));
+        while writes.try_join_next().is_some() {}
+    }
+    while writes.join_next().await.is_some() {}
+}
+
+/// How many result writes of one handler run at once.
+const WRITES_IN_FLIGHT: usize = 2;
+
+async fn write_results(shared: Arc<Shared>, handler: Arc<RunHandler>, batch: Vec<Finished>) {
+    let (succeeded, failed): (Vec<Finished>, Vec<Finished>) = batch
+        .into_iter()
+        .partition(|finished| matches!(finished.result, FinishedResult::Succeeded(_)));
+    if !succeeded.is_empty() {
+        write_completions(&shared, &handler, succeeded).await;
+    }
+    if !failed.is_empty() {
+        write_failures(&shared, &handler, failed).await;
+    }
+}
+
+async fn write_completions(shared: &Shared, handler: &RunHandler, finished: Vec<Finished>) {
     let name = &*handler.name;
+    let mut ids = Vec::with_capacity(finished.len());
+    let mut attempts = Vec::with_capacity(finished.len());
+    let mut outputs = Vec::with_capacity(finished.len());
+    for item in finished {
+        if let FinishedResult::Succeeded(output) = item.result {
+            ids.push(item.id);
+            attempts.push(item.attempt);
+            outputs.push(output);
+        }
+    }
     // Bookkeeping must land even during shutdown; only an unreachable
     // database ends its retries.
     let never = CancellationToken::new();
-    match outcome {
-        Outcome::Succeeded(output) => {
-            if let Some(breaker) = &handler.breaker {
-                breaker.record_success();
-            }
-            let result = with_retries("complete a run", &never, || async {
-                shared
-                    .pool
-                    .query_rows(sql::COMPLETE_TASK, &[&name, &id, &attempt, &output])
-                    .await
-            })
-            .await;
-            match result {
-                Ok(rows) if rows.first().is_some_and(|row| row.get::<_, bool>(0)) => {
+    let result = with_retries("complete runs", &never, || async {
+        shared
+            .pool
+            .query_rows(sql::COMPLETE_TASKS, &[&name, &ids, &attempts, &outputs])
+            .await
+    })
+    .await;
+    match result {
+        Ok(rows) => {
+            let completed: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+            for (id, attempt) in ids.iter().zip(&attempts) {
+                if completed.contains(id) {
                     tracing::debug!(task = name, task.run_id = id, attempt, "run completed");
+                } else {
+                    tracing::debug!(
+                        task = name,
+                        task.run_id = id,
+                        attempt,
+                        "run was canceled, expired or claimed again; its result is discarded"
+                    );
                 }
-                Ok(_) => tracing::debug!(
-                    task = name,
-                    task.run_id = id,
-                    attempt,
-                    "run was canceled, expired or claimed again; its result is discarded"
-                ),
-                Err(error) => tracing::error!(task = name, task.run_id = id, attempt, %error,
-                    "could not record the completion; the run is retried after its lease"),
             }
         }
-        Outcome::Failed(message) => {
-            if let Some(breaker) = &handler.breaker {
-                breaker.record_failure();
-            }
-            let delay = retry_delay_ms(attempt, handler.opts.max_retries, &*handler.backoff);
-            let result = with_retries("record a failed attempt", &never, || async {
-                shared
-                    .pool
-                    .query_rows(sql::FAIL_TASK, &[&name, &id, &attempt, &message, &delay])
-                    .await
-            })
-            .await;
-            match (result, delay) {
-                (Ok(_), Some(delay)) => {
-                    tracing::warn!(task = name, task.run_id = id, attempt, error = %message,
-                    retry_in_ms = delay, "attempt failed; retrying")
-                }
-                (Ok(_), None) => {
-                    tracing::error!(task = name, task.run_id = id, attempt, error = %message,
-                    "run failed")
-                }
-                (Err(error), _) => tracing::error!(task = name, task.run_id = id, attempt, %error,
-                    "could not record a failed attempt; the run is retried after its lease"),
-            }
-        }
-        Outcome::Canceled => {
-            tracing::debug!(
-                task = name,
-                task.run_id = id,
-                attempt,
-                "run was canceled; its result is discarded"
-            );
-        }
-        Outcome::Interrupted => {
-            let zero = 0i32;
-            if let Err(error) = shared
-                .pool
-                .query_rows(sql::RELEASE_TASK, &[&name, &id, &attempt, &zero])
-                .await
-            {
-                tracing::warn!(task = name, task.run_id = id, %error,
-                    "could not give back an interrupted run; it returns after its lease");
-            } else {
-                tracing::info!(
-                    task = name,
-                    task.run_id = id,
-                    "worker stopped during the run; gave it back"
-                );
-            }
+        Err(error) => {
+            tracing::error!(task = name, count = ids.len(), first_run_id = ids.first(), %error,
+            "could not record completions; the runs are retried after their lease")
         }
     }
+    shared.forget_many(name, &ids);
+}
+
+async fn write_failures(shared: &Shared, handler: &RunHandler, finished: Vec<Finished>) {
+    let name = &*handler.name;
+    let mut ids = Vec::with_capacity(finished.len());
+    let mut attempts = Vec::with_capacity(finished.len());
+    let mut messages = Vec::with_capacity(finished.len());
+    let mut delays = Vec::with_capacity(finished.len());
+    for item in finished {
+        if let FinishedResult::Failed {
+            message,
+            retry_delay,
+        } = item.result
+        {
+            ids.push(item.id);
+            attempts.push(item.attempt);
+            messages.push(message);
+            delays.push(retry_delay);
+        }
+    }
+    let never = CancellationToken::new();
+    let result = with_retries("record failed attempts", &never, || async {
+        shared
+            .pool
+            .query_rows(
+                sql::FAIL_TASKS,
+                &[&name, &ids, &attempts, &messages, &delays],
+            )
+            .await
+    })
+    .await;
+    match result {
+        Ok(_) => {
+            let waker = shared.registry.waker("t", name);
+            for (((id, attempt), message), delay) in
+                ids.iter().zip(&attempts).zip(&messages).zip(&delays)
+            {
+                match delay {
+                    Some(delay) => {
+                        tracing::warn!(task = name, task.run_id = id, attempt, error = %message,
+                            retry_in_ms = delay, "attempt failed; retrying");
+                        // The statement notifies only the earliest retry
+                        // time; this loop wakes for each of its own.
+                        let delay = Duration::from_millis(u64::try_from(*delay).unwrap_or(0));
+                        waker.wake_at(Instant::now() + delay);
+                    }
+                    None => {
+                        tracing::error!(task = name, task.run_id = id, attempt, error = %message,
+                        "run failed")
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            tracing::error!(task = name, count = ids.len(), first_run_id = ids.first(), %error,
+            "could not record failed attempts; the runs are retried after their lease")
+        }
+    }
+    shared.forget_many(name, &ids);
 }
 
 /// A failed run as `cb_claim_task_on_fail` returns it.

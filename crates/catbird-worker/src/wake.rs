@@ -7,7 +7,8 @@
 //! canceled run's id, whose handler is told to stop. Notifications are hints:
 //! loops also poll, so a lost notification only delays work.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,12 +20,18 @@ use tokio_util::sync::CancellationToken;
 /// How long the listener waits before reconnecting.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// How close two timed wake-ups of one loop may be before the later one is
+/// folded into the earlier timer's successor: a wake-up at most this much
+/// after a pending one is dropped, and the loop wakes at the pending time
+/// and then polls on its own schedule.
+const TIMER_COALESCE: Duration = Duration::from_millis(5);
+
 /// Wakes one claim loop, now or at a time.
 #[derive(Debug, Default)]
 pub(crate) struct LoopWaker {
     notify: Notify,
-    /// The earliest pending timed wake-up.
-    pending: Mutex<Option<Instant>>,
+    /// The pending timed wake-ups.
+    pending: Mutex<BTreeSet<Instant>>,
 }
 
 impl LoopWaker {
@@ -39,29 +46,28 @@ impl LoopWaker {
         self.notify.notified().await;
     }
 
-    /// Wakes the loop at `at`, unless an earlier timed wake-up is pending.
+    /// Wakes the loop at `at`. Each distinct time gets its own timer, so a
+    /// later retry is not lost behind an earlier one; a time within 5 ms
+    /// before a pending one is served by that timer.
     pub(crate) fn wake_at(self: &Arc<Self>, at: Instant) {
         {
             let mut pending = self
                 .pending
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match *pending {
-                Some(earlier) if earlier <= at && earlier > Instant::now() => return,
-                _ => *pending = Some(at),
+            if pending.range(at..=at + TIMER_COALESCE).next().is_some() {
+                return;
             }
+            pending.insert(at);
         }
         let waker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let mut pending = waker
+            waker
                 .pending
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *pending == Some(at) {
-                *pending = None;
-            }
-            drop(pending);
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&at);
             waker.wake();
         });
     }
@@ -70,6 +76,10 @@ impl LoopWaker {
 /// The loops and running handlers a worker's notifications reach.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
+    /// Whether the listen connection is up and listening.
+    listening: AtomicBool,
+    /// How many times the listen connection started listening.
+    connections: AtomicU64,
     loops: Mutex<HashMap<String, Arc<LoopWaker>>>,
     running: Mutex<HashMap<(String, i64), CancellationToken>>,
     /// Running steps per flow run: (flow, run id) -> step run id -> token.
@@ -77,6 +87,25 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Whether the worker's listen connection is up, so that notifications
+    /// reach its loops.
+    pub(crate) fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// How many times the listen connection started listening. A change
+    /// means notifications may have been missed before it.
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    fn set_listening(&self, listening: bool) {
+        if listening {
+            self.connections.fetch_add(1, Ordering::AcqRel);
+        }
+        self.listening.store(listening, Ordering::Release);
+    }
+
     /// The waker of the loop for `kind` work of `name`, created on first use.
     pub(crate) fn waker(&self, kind: &str, name: &str) -> Arc<LoopWaker> {
         let mut loops = self
@@ -263,6 +292,11 @@ pub(crate) async fn listen(
         if was_waiting && connected.is_none() {
             ever_listened = true;
         }
+        if registry.is_listening() {
+            // Loops waiting on a long fallback poll go back to short polls.
+            registry.set_listening(false);
+            registry.wake_all();
+        }
         if let Err(error) = result {
             if let Some(sender) = connected.take() {
                 let _ = sender.send(());
@@ -309,6 +343,7 @@ async fn listen_once(
         .batch_execute(&format!("LISTEN \"{quoted}\""))
         .await?;
     tracing::debug!(channel, "listening for wake-ups");
+    registry.set_listening(true);
     if let Some(sender) = connected.take() {
         let _ = sender.send(());
     }

@@ -63,12 +63,29 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn hold(&self, task: &str, id: i64) {
+    pub(crate) fn hold_many(&self, task: &str, ids: impl IntoIterator<Item = i64>) {
         let mut in_flight = self
             .in_flight
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        in_flight.entry(task.to_owned()).or_default().insert(id);
+        match in_flight.get_mut(task) {
+            Some(held) => held.extend(ids),
+            None => {
+                in_flight.insert(task.to_owned(), ids.into_iter().collect());
+            }
+        }
+    }
+
+    pub(crate) fn forget_many(&self, task: &str, ids: &[i64]) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = in_flight.get_mut(task) {
+            for id in ids {
+                held.remove(id);
+            }
+        }
     }
 
     pub(crate) fn forget(&self, task: &str, id: i64) {
