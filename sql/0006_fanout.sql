@@ -1313,6 +1313,206 @@ BEGIN
 END;
 $$;
 
+-- Describes the first difference between two normalised definitions (see
+-- version 4), including the fan-out fields.
+CREATE OR REPLACE FUNCTION cb_flow_definition_difference(stored jsonb, given jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_key text;
+    v_stored_names text[];
+    v_given_names text[];
+    v_stored_step jsonb;
+    v_given_step jsonb;
+BEGIN
+    IF stored = given THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(s ->> 'name') INTO v_stored_names FROM jsonb_array_elements(stored -> 'steps') s;
+    SELECT array_agg(s ->> 'name') INTO v_given_names FROM jsonb_array_elements(given -> 'steps') s;
+    IF v_stored_names IS DISTINCT FROM v_given_names THEN
+        RETURN format('the steps are [%s] in the database but [%s] here',
+                      array_to_string(v_stored_names, ', '), array_to_string(v_given_names, ', '));
+    END IF;
+
+    FOREACH v_key IN ARRAY ARRAY['description', 'output_priority', 'retention_period'] LOOP
+        IF stored -> v_key IS DISTINCT FROM given -> v_key THEN
+            RETURN format('%s is %s in the database but %s here',
+                          v_key, coalesce(stored ->> v_key, 'null'), coalesce(given ->> v_key, 'null'));
+        END IF;
+    END LOOP;
+
+    FOR v_stored_step, v_given_step IN
+        SELECT s.value, g.value
+        FROM jsonb_array_elements(stored -> 'steps') WITH ORDINALITY AS s(value, ord)
+        JOIN jsonb_array_elements(given -> 'steps') WITH ORDINALITY AS g(value, ord) USING (ord)
+    LOOP
+        FOREACH v_key IN ARRAY ARRAY['description', 'depends_on', 'condition', 'signal', 'kind',
+                                    'map_input', 'map_source', 'reduce_source'] LOOP
+            IF v_stored_step -> v_key IS DISTINCT FROM v_given_step -> v_key THEN
+                RETURN format('step "%s" has %s %s in the database but %s here', v_given_step ->> 'name', v_key,
+                              coalesce(v_stored_step ->> v_key, 'null'), coalesce(v_given_step ->> v_key, 'null'));
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN 'the definitions differ';
+END;
+$$;
+
+-- Records a failed step attempt (see version 4). A generator step that
+-- will be retried loses the items of the failed attempt.
+CREATE OR REPLACE FUNCTION cb_fail_step(flow text, id bigint, attempt integer, error_message text,
+                             retry_delay integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_lock record := cb_flow_lock_step(flow, id, attempt);
+    v_message text := coalesce(nullif(error_message, ''), 'handler failed without an error message');
+    v_step record;
+BEGIN
+    PERFORM cb_check_non_negative('retry_delay', retry_delay);
+    IF v_lock.run_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_lock.run_status = 'canceling' THEN
+        EXECUTE format('UPDATE %I SET status = ''canceled'', canceled_at = clock_timestamp() WHERE id = $1', 'cb_s_' || flow)
+            USING id;
+        PERFORM cb_flow_finish_cancel(flow, v_lock.run_id);
+        RETURN 'canceled';
+    END IF;
+    IF v_lock.run_status <> 'started' THEN
+        RETURN NULL;
+    END IF;
+
+    IF retry_delay IS NOT NULL THEN
+        EXECUTE format($sql$
+            UPDATE %I SET error_message = $2, running = false,
+                          visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
+            WHERE id = $1
+            RETURNING step_name$sql$, 'cb_s_' || flow)
+            INTO v_step USING id, v_message, retry_delay;
+        -- A generator's retry yields from the start: the items of the failed
+        -- attempt are discarded now, so none of them runs or fails the run
+        -- meanwhile.
+        IF (SELECT d.kind FROM cb_flow_steps d WHERE d.flow_name = flow AND d.step_name = v_step.step_name)
+           = 'generator' THEN
+            EXECUTE format('DELETE FROM %I WHERE step_run_id = $1', 'cb_m_' || flow) USING id;
+            EXECUTE format($sql$
+                UPDATE %I SET items_total = 0, items_remaining = 0, generator_done = false WHERE id = $1$sql$,
+                'cb_s_' || flow)
+                USING id;
+        END IF;
+        PERFORM cb_wake('s', flow || '.' || v_step.step_name,
+                        clock_timestamp() + make_interval(secs => retry_delay / 1000.0));
+        RETURN 'started';
+    END IF;
+
+    EXECUTE format($sql$
+        UPDATE %I SET status = 'failed', error_message = $2, failed_at = clock_timestamp()
+        WHERE id = $1
+        RETURNING step_name, signal_input, attempts$sql$, 'cb_s_' || flow)
+        INTO v_step USING id, v_message;
+    PERFORM cb_flow_mark_failed(flow, v_lock.run_id, v_message, v_step.step_name,
+        (SELECT input FROM cb_get_flow_run(flow, v_lock.run_id)), v_step.signal_input, v_step.attempts);
+    RETURN 'failed';
+END;
+$$;
+
+-- Runs a collection pass (see version 5); the items of expired flow runs
+-- are finished with them.
+CREATE OR REPLACE FUNCTION cb_gc() RETURNS cb_gc_report
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_report cb_gc_report := ROW(0, 0, 0, 0, 0, 0, 0);
+    v_name text;
+    v_retention bigint;
+    v_run_id bigint;
+    v_count integer;
+BEGIN
+    FOR v_name IN SELECT name FROM cb_queues WHERE expires_at <= now() ORDER BY name LOOP
+        IF cb_delete_queue(v_name) THEN
+            v_report.expired_queues_deleted := v_report.expired_queues_deleted + 1;
+        END IF;
+    END LOOP;
+
+    FOR v_name IN SELECT name FROM cb_queues ORDER BY name LOOP
+        EXECUTE format('DELETE FROM %I WHERE expires_at <= now()', 'cb_q_' || v_name);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_report.expired_messages_deleted := v_report.expired_messages_deleted + v_count;
+    END LOOP;
+
+    FOR v_name, v_retention IN SELECT name, retention_period FROM cb_tasks ORDER BY name LOOP
+        EXECUTE format($sql$
+            UPDATE %I SET status = 'expired', expired_at = now()
+            WHERE status IN ('queued', 'started') AND expires_at <= now()$sql$, 'cb_t_' || v_name);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_report.expired_task_runs := v_report.expired_task_runs + v_count;
+
+        IF v_retention > 0 THEN
+            EXECUTE format($sql$
+                DELETE FROM %I
+                WHERE status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
+                  AND cb_finished_at(completed_at, failed_at, skipped_at, canceled_at, expired_at)
+                      < now() - make_interval(secs => $1 / 1000.0)$sql$, 'cb_t_' || v_name)
+                USING v_retention;
+            GET DIAGNOSTICS v_count = ROW_COUNT;
+            v_report.task_runs_purged := v_report.task_runs_purged + v_count;
+        END IF;
+    END LOOP;
+
+    FOR v_name, v_retention IN SELECT name, retention_period FROM cb_flows ORDER BY name LOOP
+        -- A canceling run whose running step lost its worker (the lease ran
+        -- out) would wait forever: cancel such steps and finish the runs.
+        FOR v_run_id IN EXECUTE format($sql$
+            SELECT r.id FROM %I r
+            WHERE r.status = 'canceling'
+              AND EXISTS (SELECT 1 FROM %I s WHERE s.flow_run_id = r.id AND s.status = 'started'
+                          AND s.visible_at <= clock_timestamp())
+            FOR UPDATE OF r SKIP LOCKED$sql$, 'cb_f_' || v_name, 'cb_s_' || v_name)
+        LOOP
+            EXECUTE format($sql$
+                UPDATE %I SET status = 'canceled', running = false, canceled_at = clock_timestamp()
+                WHERE flow_run_id = $1 AND status = 'started' AND visible_at <= clock_timestamp()$sql$,
+                'cb_s_' || v_name)
+                USING v_run_id;
+            PERFORM cb_flow_finish_cancel(v_name, v_run_id);
+        END LOOP;
+
+        -- The items of an expired run are finished with it, so they leave
+        -- the claim index instead of slowing every later claim.
+        EXECUTE format($sql$
+            WITH expired AS (
+                UPDATE %I SET status = 'expired', expired_at = now()
+                WHERE status IN ('started', 'canceling') AND expires_at <= now()
+                RETURNING id
+            ), items AS (
+                UPDATE %I m SET status = 'canceled', done = true, running = false, canceled_at = now()
+                WHERE m.flow_run_id IN (SELECT id FROM expired) AND NOT m.done
+            )
+            SELECT count(*) FROM expired$sql$, 'cb_f_' || v_name, 'cb_m_' || v_name)
+            INTO v_count;
+        v_report.expired_flow_runs := v_report.expired_flow_runs + v_count;
+
+        IF v_retention > 0 THEN
+            -- Step runs go with their flow run (ON DELETE CASCADE).
+            EXECUTE format($sql$
+                DELETE FROM %I
+                WHERE status IN ('completed', 'failed', 'canceled', 'expired')
+                  AND cb_finished_at(completed_at, failed_at, NULL, canceled_at, expired_at)
+                      < now() - make_interval(secs => $1 / 1000.0)$sql$, 'cb_f_' || v_name)
+                USING v_retention;
+            GET DIAGNOSTICS v_count = ROW_COUNT;
+            v_report.flow_runs_purged := v_report.flow_runs_purged + v_count;
+        END IF;
+    END LOOP;
+
+    DELETE FROM cb_workers WHERE last_heartbeat_at < now() - cb_stale_worker_age();
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    v_report.stale_workers_deleted := v_count;
+
+    RETURN v_report;
+END;
+$$;
+
 DO $$
 DECLARE
     v_name text;
@@ -1964,6 +2164,179 @@ BEGIN
                signal_input, created_at, visible_at, started_at, completed_at, failed_at, skipped_at, canceled_at
         FROM %I WHERE flow_run_id = $1 AND step_name = $2$sql$, 'cb_s_' || flow)
         USING run_id, step;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION cb_gc() RETURNS cb_gc_report
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_report cb_gc_report := ROW(0, 0, 0, 0, 0, 0, 0);
+    v_name text;
+    v_retention bigint;
+    v_run_id bigint;
+    v_count integer;
+BEGIN
+    FOR v_name IN SELECT name FROM cb_queues WHERE expires_at <= now() ORDER BY name LOOP
+        IF cb_delete_queue(v_name) THEN
+            v_report.expired_queues_deleted := v_report.expired_queues_deleted + 1;
+        END IF;
+    END LOOP;
+
+    FOR v_name IN SELECT name FROM cb_queues ORDER BY name LOOP
+        EXECUTE format('DELETE FROM %I WHERE expires_at <= now()', 'cb_q_' || v_name);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_report.expired_messages_deleted := v_report.expired_messages_deleted + v_count;
+    END LOOP;
+
+    FOR v_name, v_retention IN SELECT name, retention_period FROM cb_tasks ORDER BY name LOOP
+        EXECUTE format($sql$
+            UPDATE %I SET status = 'expired', expired_at = now()
+            WHERE status IN ('queued', 'started') AND expires_at <= now()$sql$, 'cb_t_' || v_name);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_report.expired_task_runs := v_report.expired_task_runs + v_count;
+
+        IF v_retention > 0 THEN
+            EXECUTE format($sql$
+                DELETE FROM %I
+                WHERE status IN ('completed', 'failed', 'skipped', 'canceled', 'expired')
+                  AND cb_finished_at(completed_at, failed_at, skipped_at, canceled_at, expired_at)
+                      < now() - make_interval(secs => $1 / 1000.0)$sql$, 'cb_t_' || v_name)
+                USING v_retention;
+            GET DIAGNOSTICS v_count = ROW_COUNT;
+            v_report.task_runs_purged := v_report.task_runs_purged + v_count;
+        END IF;
+    END LOOP;
+
+    FOR v_name, v_retention IN SELECT name, retention_period FROM cb_flows ORDER BY name LOOP
+        -- A canceling run whose running step lost its worker (the lease ran
+        -- out) would wait forever: cancel such steps and finish the runs.
+        FOR v_run_id IN EXECUTE format($sql$
+            SELECT r.id FROM %I r
+            WHERE r.status = 'canceling'
+              AND EXISTS (SELECT 1 FROM %I s WHERE s.flow_run_id = r.id AND s.status = 'started'
+                          AND s.visible_at <= clock_timestamp())
+            FOR UPDATE OF r SKIP LOCKED$sql$, 'cb_f_' || v_name, 'cb_s_' || v_name)
+        LOOP
+            EXECUTE format($sql$
+                UPDATE %I SET status = 'canceled', running = false, canceled_at = clock_timestamp()
+                WHERE flow_run_id = $1 AND status = 'started' AND visible_at <= clock_timestamp()$sql$,
+                'cb_s_' || v_name)
+                USING v_run_id;
+            PERFORM cb_flow_finish_cancel(v_name, v_run_id);
+        END LOOP;
+
+        EXECUTE format($sql$
+            UPDATE %I SET status = 'expired', expired_at = now()
+            WHERE status IN ('started', 'canceling') AND expires_at <= now()$sql$, 'cb_f_' || v_name);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_report.expired_flow_runs := v_report.expired_flow_runs + v_count;
+
+        IF v_retention > 0 THEN
+            -- Step runs go with their flow run (ON DELETE CASCADE).
+            EXECUTE format($sql$
+                DELETE FROM %I
+                WHERE status IN ('completed', 'failed', 'canceled', 'expired')
+                  AND cb_finished_at(completed_at, failed_at, NULL, canceled_at, expired_at)
+                      < now() - make_interval(secs => $1 / 1000.0)$sql$, 'cb_f_' || v_name)
+                USING v_retention;
+            GET DIAGNOSTICS v_count = ROW_COUNT;
+            v_report.flow_runs_purged := v_report.flow_runs_purged + v_count;
+        END IF;
+    END LOOP;
+
+    DELETE FROM cb_workers WHERE last_heartbeat_at < now() - cb_stale_worker_age();
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    v_report.stale_workers_deleted := v_count;
+
+    RETURN v_report;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION cb_fail_step(flow text, id bigint, attempt integer, error_message text,
+                             retry_delay integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_lock record := cb_flow_lock_step(flow, id, attempt);
+    v_message text := coalesce(nullif(error_message, ''), 'handler failed without an error message');
+    v_step record;
+BEGIN
+    PERFORM cb_check_non_negative('retry_delay', retry_delay);
+    IF v_lock.run_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_lock.run_status = 'canceling' THEN
+        EXECUTE format('UPDATE %I SET status = ''canceled'', canceled_at = clock_timestamp() WHERE id = $1', 'cb_s_' || flow)
+            USING id;
+        PERFORM cb_flow_finish_cancel(flow, v_lock.run_id);
+        RETURN 'canceled';
+    END IF;
+    IF v_lock.run_status <> 'started' THEN
+        RETURN NULL;
+    END IF;
+
+    IF retry_delay IS NOT NULL THEN
+        EXECUTE format($sql$
+            UPDATE %I SET error_message = $2, running = false,
+                          visible_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
+            WHERE id = $1
+            RETURNING step_name$sql$, 'cb_s_' || flow)
+            INTO v_step USING id, v_message, retry_delay;
+        PERFORM cb_wake('s', flow || '.' || v_step.step_name,
+                        clock_timestamp() + make_interval(secs => retry_delay / 1000.0));
+        RETURN 'started';
+    END IF;
+
+    EXECUTE format($sql$
+        UPDATE %I SET status = 'failed', error_message = $2, failed_at = clock_timestamp()
+        WHERE id = $1
+        RETURNING step_name, signal_input, attempts$sql$, 'cb_s_' || flow)
+        INTO v_step USING id, v_message;
+    PERFORM cb_flow_mark_failed(flow, v_lock.run_id, v_message, v_step.step_name,
+        (SELECT input FROM cb_get_flow_run(flow, v_lock.run_id)), v_step.signal_input, v_step.attempts);
+    RETURN 'failed';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION cb_flow_definition_difference(stored jsonb, given jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_key text;
+    v_stored_names text[];
+    v_given_names text[];
+    v_stored_step jsonb;
+    v_given_step jsonb;
+BEGIN
+    IF stored = given THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(s ->> 'name') INTO v_stored_names FROM jsonb_array_elements(stored -> 'steps') s;
+    SELECT array_agg(s ->> 'name') INTO v_given_names FROM jsonb_array_elements(given -> 'steps') s;
+    IF v_stored_names IS DISTINCT FROM v_given_names THEN
+        RETURN format('the steps are [%s] in the database but [%s] here',
+                      array_to_string(v_stored_names, ', '), array_to_string(v_given_names, ', '));
+    END IF;
+
+    FOREACH v_key IN ARRAY ARRAY['description', 'output_priority', 'retention_period'] LOOP
+        IF stored -> v_key IS DISTINCT FROM given -> v_key THEN
+            RETURN format('%s is %s in the database but %s here',
+                          v_key, coalesce(stored ->> v_key, 'null'), coalesce(given ->> v_key, 'null'));
+        END IF;
+    END LOOP;
+
+    FOR v_stored_step, v_given_step IN
+        SELECT s.value, g.value
+        FROM jsonb_array_elements(stored -> 'steps') WITH ORDINALITY AS s(value, ord)
+        JOIN jsonb_array_elements(given -> 'steps') WITH ORDINALITY AS g(value, ord) USING (ord)
+    LOOP
+        FOREACH v_key IN ARRAY ARRAY['description', 'depends_on', 'condition', 'signal', 'kind'] LOOP
+            IF v_stored_step -> v_key IS DISTINCT FROM v_given_step -> v_key THEN
+                RETURN format('step "%s" has %s %s in the database but %s here', v_given_step ->> 'name', v_key,
+                              coalesce(v_stored_step ->> v_key, 'null'), coalesce(v_given_step ->> v_key, 'null'));
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN 'the definitions differ';
 END;
 $$;
 

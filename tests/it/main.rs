@@ -2,13 +2,13 @@
 //! build and link time down. Each test creates its own database.
 
 mod conditions;
-mod fanout_review;
 mod flow_cancel;
 mod flow_conditions;
 mod flow_definitions;
 mod flow_early;
 mod flow_failures;
 mod flow_fanout;
+mod flow_fanout_edges;
 mod flow_helpers;
 mod flow_on_fail;
 mod flow_signals;

@@ -1,4 +1,4 @@
-//! Review probes of fan-out steps: generators that outlive their run, panic
+//! Edge cases of fan-out steps: generators that outlive their run, panic
 //! or time out; items across shutdown and lost leases; runs that expire
 //! with items left.
 
@@ -23,7 +23,7 @@ async fn sql_rows(db: &TestDb, query: &str) -> Vec<tokio_postgres::Row> {
 /// A generator that keeps yielding after its run was canceled sees `send`
 /// fail, and the run ends canceled with no item left to claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_generator_yielding_after_cancel() -> anyhow::Result<()> {
+async fn generator_yielding_after_cancel() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let events = Events::default();
@@ -73,7 +73,7 @@ async fn review_generator_yielding_after_cancel() -> anyhow::Result<()> {
 
 /// A panicking generator fails its run with the panic message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_generator_panics() -> anyhow::Result<()> {
+async fn generator_panics() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let generator = StepHandler::generator(
@@ -108,7 +108,7 @@ async fn review_generator_panics() -> anyhow::Result<()> {
 /// A generator that times out after yielding is retried from the start;
 /// its output holds each item once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_generator_timeout_then_retry_has_no_duplicates() -> anyhow::Result<()> {
+async fn generator_timeout_then_retry_has_no_duplicates() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let generator = StepHandler::generator(
@@ -140,7 +140,7 @@ async fn review_generator_timeout_then_retry_has_no_duplicates() -> anyhow::Resu
 /// Items a worker claimed and then lost (it died) return after their lease
 /// and complete on another worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_items_of_a_dead_worker_return_after_the_lease() -> anyhow::Result<()> {
+async fn items_of_a_dead_worker_return_after_the_lease() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let double = step(
@@ -168,7 +168,7 @@ async fn review_items_of_a_dead_worker_return_after_the_lease() -> anyhow::Resul
 /// A worker stopped while items run gives them back; another worker
 /// finishes the map with every output once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_shutdown_with_items_in_flight() -> anyhow::Result<()> {
+async fn shutdown_with_items_in_flight() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -215,8 +215,7 @@ async fn review_shutdown_with_items_in_flight() -> anyhow::Result<()> {
 /// GC expiring a run leaves its items claimable-looking: they stay unfinished
 /// in the claim index, and every claim of the step scans them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review finding: cb_gc does not finish the items of runs it expires"]
-async fn review_expired_run_finishes_its_items() -> anyhow::Result<()> {
+async fn expired_run_finishes_its_items() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let double = step(
@@ -242,7 +241,7 @@ async fn review_expired_run_finishes_its_items() -> anyhow::Result<()> {
 /// Nested fan-out: a generator feeds a mapper, whose items feed a reducer,
 /// whose output feeds another mapper.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_nested_fan_out() -> anyhow::Result<()> {
+async fn nested_fan_out() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let generator = StepHandler::generator(
@@ -291,7 +290,7 @@ async fn review_nested_fan_out() -> anyhow::Result<()> {
 /// A worker stopped while its generator runs gives the generator back; the
 /// next worker starts it over and the output holds each item once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_shutdown_during_generator() -> anyhow::Result<()> {
+async fn shutdown_during_generator() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let make = |slow: bool| {
@@ -337,7 +336,7 @@ async fn review_shutdown_during_generator() -> anyhow::Result<()> {
 /// A run with an item that can never be encoded (NUL in its output) fails
 /// with a clear error instead of looping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_nul_in_an_item_output() -> anyhow::Result<()> {
+async fn nul_in_an_item_output() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let m = step(
@@ -365,8 +364,7 @@ async fn review_nul_in_an_item_output() -> anyhow::Result<()> {
 /// still runs, and failing for good it fails the run, although the retry
 /// would discard it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review finding: items of a failed generator attempt can fail the run"]
-async fn review_item_of_a_failed_generator_attempt_does_not_fail_the_run() -> anyhow::Result<()> {
+async fn item_of_a_failed_generator_attempt_does_not_fail_the_run() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     for statement in [
         r#"SELECT cb_create_flow('gorph', '[{"name": "g", "kind": "generator"}]')"#,
@@ -383,5 +381,29 @@ async fn review_item_of_a_failed_generator_attempt_does_not_fail_the_run() -> an
     let status: String =
         sql_rows(&db, "SELECT status FROM cb_f_gorph WHERE id = 1").await[0].get(0);
     assert_eq!(status, "started", "the generator's retry is still pending");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_map_source_names_the_field() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let conn = db.pool.get().await?;
+    conn.execute(
+        r#"SELECT cb_create_flow('d18', '[{"name":"a"},{"name":"b"},{"name":"m","depends_on":["a","b"],"map_source":"a"}]')"#,
+        &[],
+    )
+    .await?;
+    let error = conn
+        .execute(
+            r#"SELECT cb_create_flow('d18', '[{"name":"a"},{"name":"b"},{"name":"m","depends_on":["a","b"],"map_source":"b"}]')"#,
+            &[],
+        )
+        .await
+        .expect_err("a different map source is a different definition");
+    let message = error
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("step \"m\" has map_source a"), "{message}");
     Ok(())
 }
