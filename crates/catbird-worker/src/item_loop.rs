@@ -86,7 +86,8 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
             () = shared.shutdown.cancelled() => break,
         };
         while executions.try_join_next().is_some() {}
-        // Claim what the free slots can start, plus the one just acquired.
+        // Claim what the free slots can start, plus the one just acquired:
+        // an item claimed ahead could be canceled before it starts.
         let quantity = i32::try_from(semaphore.available_permits() + 1)
             .unwrap_or(i32::MAX)
             .clamp(1, batch.max(1));

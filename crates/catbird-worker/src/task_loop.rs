@@ -53,6 +53,8 @@ struct ClaimedRun {
     input: Value,
     headers: Option<Map<String, Value>>,
     attempt: i32,
+    /// The run's priority: the backlog starts runs in claim order.
+    priority: i32,
     /// Whether the run waited for an execution slot after its claim, so it
     /// may have been canceled in the meantime.
     waited: bool,
@@ -211,10 +213,11 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
         let held = backlog.len() + running + claiming;
         let room = max_held.saturating_sub(held);
         // A first claim takes whatever fits; a second one in parallel only
-        // while claims come back full, and only for a whole batch.
+        // while claims come back full, only for a whole batch, and never
+        // with a single slot, whose runs must start in claim order.
         let start_claim = match claims.len() {
             0 => room > 0,
-            1 => last_claim_full && room >= batch_size,
+            1 => last_claim_full && room >= batch_size && concurrency > 1,
             _ => false,
         };
         if start_claim && wait_until.is_none() {
@@ -268,6 +271,11 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                             run.waited = index >= free;
                             run
                         }));
+                        // Two claims in parallel may return out of order:
+                        // keep the backlog in claim order.
+                        backlog
+                            .make_contiguous()
+                            .sort_by_key(|run| (std::cmp::Reverse(run.priority), run.id));
                     }
                     Err((quantity, error)) => {
                         failures += 1;
@@ -332,6 +340,7 @@ async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usi
             let headers: Option<Value> = row.get("headers");
             ClaimedRun {
                 id: row.get("id"),
+                priority: row.get("priority"),
                 input: row.get("input"),
                 headers: match headers {
                     Some(Value::Object(map)) => Some(map),
