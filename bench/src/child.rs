@@ -1,8 +1,9 @@
 //! A worker in a child process, so its peak memory is its own.
 //!
 //! The bench binary starts itself with the hidden `worker` subcommand. The
-//! child runs a worker with one no-op task handler until its standard input
-//! closes, then shuts the worker down and exits.
+//! child runs a worker with one no-op task handler, or the `map` scenario's
+//! flow, until its standard input closes, then shuts the worker down and
+//! exits.
 
 use std::io::Read;
 use std::process::Stdio;
@@ -20,7 +21,11 @@ pub(crate) struct WorkerArgs {
     url: String,
     /// The task whose runs the worker executes.
     #[arg(long)]
-    task: String,
+    task: Option<String>,
+    /// The mapper flow whose items the worker executes (see the `map`
+    /// scenario), in place of a task.
+    #[arg(long)]
+    map_flow: Option<String>,
     /// Runs executed at the same time.
     #[arg(long)]
     concurrency: usize,
@@ -31,16 +36,21 @@ pub(crate) async fn serve(args: &WorkerArgs) -> anyhow::Result<()> {
     // The claim loop and the executions share the pool with a little room
     // for heartbeats and completions.
     let pool = catbird_core::pool_from_url(&args.url, args.concurrency + 4)?;
-    let handler = TaskHandler::new(
-        args.task.as_str(),
-        |_: serde_json::Value, _ctx: TaskContext| async move { Ok::<_, anyhow::Error>(()) },
-    )
-    .concurrency(args.concurrency);
+    let mut worker = Worker::new(pool).listen_url(&args.url);
+    if let Some(task) = &args.task {
+        worker = worker.task(
+            TaskHandler::new(
+                task.as_str(),
+                |_: serde_json::Value, _ctx: TaskContext| async move { Ok::<_, anyhow::Error>(()) },
+            )
+            .concurrency(args.concurrency),
+        );
+    }
+    if let Some(flow) = &args.map_flow {
+        worker = worker.flow(crate::scenarios::map::flow(flow, args.concurrency));
+    }
     let shutdown = CancellationToken::new();
-    let worker = Worker::new(pool)
-        .listen_url(&args.url)
-        .task(handler)
-        .start(shutdown.clone());
+    let worker = worker.start(shutdown.clone());
     let running = tokio::spawn(worker);
 
     tokio::task::spawn_blocking(|| {
@@ -62,9 +72,18 @@ pub(crate) struct WorkerProcess {
 impl WorkerProcess {
     /// Starts a child worker for `task` on the database at `url`.
     pub(crate) fn spawn(url: &str, task: &str, concurrency: usize) -> anyhow::Result<Self> {
+        Self::start(url, "--task", task, concurrency)
+    }
+
+    /// Starts a child worker for the `map` scenario's flow `flow`.
+    pub(crate) fn spawn_map(url: &str, flow: &str, concurrency: usize) -> anyhow::Result<Self> {
+        Self::start(url, "--map-flow", flow, concurrency)
+    }
+
+    fn start(url: &str, option: &str, name: &str, concurrency: usize) -> anyhow::Result<Self> {
         let program = std::env::current_exe().context("find the bench binary")?;
         let child = tokio::process::Command::new(program)
-            .args(["worker", "--url", url, "--task", task])
+            .args(["worker", "--url", url, option, name])
             .args(["--concurrency", &concurrency.to_string()])
             .stdin(Stdio::piped())
             .kill_on_drop(true)

@@ -56,9 +56,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a worker with one no-op task handler until standard input
-    /// closes. The tasks scenario starts it as a child process to measure
-    /// the worker's peak memory on its own.
+    /// Runs a worker with one no-op task handler, or the map scenario's
+    /// flow, until standard input closes. The tasks and map scenarios start
+    /// it as a child process to measure the worker's peak memory on its own.
     #[command(hide = true)]
     Worker(child::WorkerArgs),
 }

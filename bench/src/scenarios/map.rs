@@ -1,5 +1,6 @@
 //! `map`: items through one mapper step over the flow input, executed by one
-//! worker with a no-op item handler.
+//! worker, in a child process, with a no-op item handler; and that worker's
+//! peak memory.
 //!
 //! Flow runs of 10,000 items each start one after another until the window
 //! has passed. The rate is all their items divided by the time from the
@@ -9,10 +10,10 @@
 use std::time::{Duration, Instant};
 
 use catbird_core::flow::{RunFlowOpts, StepDef, create_flow, run_flow};
-use catbird_worker::{Flow, StepArgs, StepContext, StepHandler, Worker};
+use catbird_worker::{Flow, StepArgs, StepContext, StepHandler};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
+use crate::child::WorkerProcess;
 use crate::report::{Ceiling, Figure, MAP_ITEMS};
 use crate::{Bench, probe};
 
@@ -24,29 +25,38 @@ const CONCURRENCY: usize = 16;
 /// How long one flow run may take before the scenario fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Measures items per second through the mapper.
-pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
-    let items = if bench.quick { 1_000 } else { 10_000 };
-    let flow = Flow::new(FLOW).step(
+/// The scenario's flow: one mapper over the flow input with a no-op item
+/// handler. The child worker builds it too.
+pub(crate) fn flow(name: &str, concurrency: usize) -> Flow {
+    Flow::new(name).step(
         StepHandler::new(
             StepDef::new("double").map_input(),
             |_: StepArgs, _ctx: StepContext| async move { Ok::<_, anyhow::Error>(1) },
         )
-        .concurrency(CONCURRENCY),
-    );
-    create_flow(&bench.pool, flow.definition()).await?;
-    let shutdown = CancellationToken::new();
-    let worker = Worker::new(bench.pool.clone())
-        .listen_url(&bench.url)
-        .flow(flow);
-    let running = tokio::spawn(worker.start(shutdown.clone()));
+        .concurrency(concurrency),
+    )
+}
 
+/// Measures items per second through the mapper, and the worker's peak
+/// memory.
+pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
+    let items = if bench.quick { 1_000 } else { 10_000 };
+    create_flow(&bench.pool, flow(FLOW, CONCURRENCY).definition()).await?;
+    let worker = WorkerProcess::spawn_map(&bench.url, FLOW, CONCURRENCY)?;
     let measured = measure(bench, items).await;
-    shutdown.cancel();
-    running.await??;
+    let peak_kib = worker.peak_rss_kib();
+    worker.stop().await?;
     let (runs, seconds) = measured?;
+    let peak_kib = peak_kib?;
 
     Ok(vec![
+        Figure::new(
+            "map",
+            "worker peak RSS (VmHWM)",
+            peak_kib as f64 / 1024.0,
+            "MiB",
+            json!({"items_per_run": items, "concurrency": CONCURRENCY}),
+        ),
         Figure::new(
             "map",
             MAP_ITEMS,

@@ -43,6 +43,9 @@ pub(crate) struct ItemLoop {
 }
 
 struct ClaimedItem {
+    /// Tracked for stop notifications from the claim on, so an item whose
+    /// run stops while it waits for a slot never starts.
+    token: CancellationToken,
     id: i64,
     flow_run_id: i64,
     step_run_id: i64,
@@ -86,11 +89,9 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
             () = shared.shutdown.cancelled() => break,
         };
         while executions.try_join_next().is_some() {}
-        // Claim what the free slots can start, plus the one just acquired:
-        // an item claimed ahead could be canceled before it starts.
-        let quantity = i32::try_from(semaphore.available_permits() + 1)
-            .unwrap_or(i32::MAX)
-            .clamp(1, batch.max(1));
+        // Claim a whole batch: the items beyond the free slots wait here,
+        // leased, and start as slots free up.
+        let quantity = batch.max(1);
 
         let lease_ms = shared.lease_ms();
         let claimed = shared
@@ -126,6 +127,7 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
         let items: Vec<ClaimedItem> = rows
             .iter()
             .map(|row| ClaimedItem {
+                token: shared.hard_stop.child_token(),
                 id: row.get("id"),
                 flow_run_id: row.get("flow_run_id"),
                 step_run_id: row.get("step_run_id"),
@@ -142,6 +144,12 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
             .collect();
         for item in &items {
             shared.hold_item(&handler.flow, item.id);
+            shared.registry.track_step(
+                &handler.flow,
+                item.flow_run_id,
+                stop_key(item.id),
+                item.token.clone(),
+            );
         }
 
         let mut permit = Some(permit);
@@ -153,12 +161,27 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
                     permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                     () = shared.shutdown.cancelled() => {
                         for unstarted in std::iter::once(item).chain(pending) {
+                            shared.registry.untrack_step(&handler.flow, unstarted.flow_run_id, stop_key(unstarted.id));
                             release(&shared, &handler, unstarted.id, unstarted.attempt, 0).await;
                         }
                         break 'claiming;
                     }
                 },
             };
+            if item.token.is_cancelled() {
+                shared
+                    .registry
+                    .untrack_step(&handler.flow, item.flow_run_id, stop_key(item.id));
+                if shared.hard_stop.is_cancelled() {
+                    release(&shared, &handler, item.id, item.attempt, 0).await;
+                } else {
+                    // Its run stopped while it waited: the item is finished
+                    // already, and nothing is recorded.
+                    shared.forget_item(&handler.flow, item.id);
+                }
+                drop(permit);
+                continue;
+            }
             executions.spawn(execute(
                 shared.clone(),
                 handler.clone(),
@@ -196,11 +219,8 @@ async fn execute(
     permit: OwnedSemaphorePermit,
     completions: mpsc::UnboundedSender<Completion>,
 ) {
-    let token = shared.hard_stop.child_token();
+    let token = item.token.clone();
     let (id, run_id, attempt) = (item.id, item.flow_run_id, item.attempt);
-    shared
-        .registry
-        .track_step(&handler.flow, run_id, stop_key(id), token.clone());
     let watcher = tokio::spawn(watch_run(
         shared.clone(),
         handler.flow.clone(),
