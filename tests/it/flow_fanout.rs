@@ -18,7 +18,7 @@ use crate::flow_helpers::{
     DEADLINE, Events, output_of, start, step, step_run, unfinished_steps, wait_run_status,
 };
 
-/// A mapper over the flow input that doubles each number.
+/// Builds a mapper over the flow input that doubles each number.
 fn double_input(calls: Arc<AtomicUsize>) -> StepHandler {
     step(
         StepDef::new("double").map_input(),
@@ -32,7 +32,7 @@ fn double_input(calls: Arc<AtomicUsize>) -> StepHandler {
     )
 }
 
-/// A reducer that sums the item outputs of `source`.
+/// Builds a reducer that sums the item outputs of `source`.
 fn sum_of(source: &str) -> StepHandler {
     StepHandler::reducer(
         StepDef::new("sum").reduce(source),
@@ -40,7 +40,8 @@ fn sum_of(source: &str) -> StepHandler {
     )
 }
 
-/// A generator step yielding 0..n (n is the flow input), each item doubled.
+/// Builds a generator step yielding 0..n (n is the flow input), each item
+/// doubled.
 fn generate_doubles() -> StepHandler {
     StepHandler::generator(
         StepDef::new("numbers").generator(),

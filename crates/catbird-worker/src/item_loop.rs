@@ -19,10 +19,10 @@ use crate::retry::with_retries;
 use crate::task_loop::{IDLE_POLL, Supervised, idle, pause_after_error, retry_delay_ms, supervise};
 use crate::worker::Shared;
 
-/// The most item completions written by one statement.
+/// The maximum number of item completions per statement.
 const COMPLETION_BATCH: usize = 500;
 
-/// Where an item's element goes in the handler's arguments.
+/// The position of an item's element among the handler's arguments.
 pub(crate) enum Mapped {
     /// In place of the flow input (a mapper over the input, a generator).
     Input,

@@ -25,9 +25,9 @@ fn condition_root(flow: &str, step: &str, condition: &str) -> Result<String, Err
         })
 }
 
-/// The kind rules: a mapper's or reducer's source is another step, one of
-/// its dependencies, required and not ignored; a reducer's source is a
-/// mapper or generator.
+/// Checks the kind rules. A mapper's or reducer's source is another step
+/// and one of its dependencies, required and not ignored. A reducer's source
+/// is a mapper or generator.
 fn check_kind(flow: &FlowDef, step: &StepDef) -> Result<(), Error> {
     let (source, verb) = match &step.kind {
         StepKind::Map(MapSource::Step(source)) => (source, "maps"),
