@@ -1172,9 +1172,12 @@ BEGIN
 END;
 $$;
 
+-- NOTE: as in cb_claim_map_tasks, bitmap scans are off and the run check is
+-- a scalar subquery, so stale statistics cannot turn the claim into a read
+-- and sort of every claimable step run.
 CREATE OR REPLACE FUNCTION cb_claim_steps(flow text, step text, quantity integer, hide_for integer)
 RETURNS SETOF cb_claimed_step
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_bitmapscan = off AS $$
 DECLARE
     v_runs text := cb_flow_table(flow);
     v_inputs text[];
@@ -1193,8 +1196,8 @@ BEGIN
         WITH selected AS (
             SELECT s.id FROM %1$I s
             WHERE s.step_name = $1 AND s.status IN ('queued', 'started') AND s.visible_at <= $2
-              AND EXISTS (SELECT 1 FROM %2$I r WHERE r.id = s.flow_run_id AND r.status = 'started'
-                          AND (r.expires_at IS NULL OR r.expires_at > $2))
+              AND (SELECT r.status = 'started' AND (r.expires_at IS NULL OR r.expires_at > $2)
+                   FROM %2$I r WHERE r.id = s.flow_run_id)
             ORDER BY s.priority DESC, s.id
             LIMIT $3
             FOR UPDATE OF s SKIP LOCKED
