@@ -3,15 +3,16 @@
 //! The first phase measures the time from the creating call's return (its
 //! commit) to the handler's start, with one clock in one process. The second
 //! phase creates runs at the same rate and measures the time from the
-//! creating call's return to the return of `wait_for_output` with its default
-//! polling, which is the delay a caller waiting for a result gets.
+//! creating call's return to the return of `wait_for_output` from a client
+//! with a listen connection, which the completion wakes: the delay a caller
+//! waiting for a result gets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use catbird_core::PollOpts;
 use catbird_core::task::{RunTaskOpts, get_task, run_task};
+use catbird_core::{Client, PollOpts};
 use catbird_worker::{TaskContext, TaskHandler, Worker};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -129,7 +130,6 @@ async fn handler_start(
         run_task(&client, TASK, &sequence, RunTaskOpts::default()).await?;
         committed.insert(sequence, Instant::now());
     }
-    drop(client);
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while starts.lock().expect("latency map").len() < total as usize {
         anyhow::ensure!(
@@ -150,21 +150,22 @@ async fn handler_start(
 }
 
 /// Creates `total` runs at [`RATE`], waits for each with `wait_for_output`
-/// and its default polling, and returns the sorted delays from each creating
-/// call's return to the wait's return.
+/// on a client that listens, and returns the sorted delays from each
+/// creating call's return to the wait's return.
 async fn wait_for_output(bench: &Bench, total: u32) -> anyhow::Result<Vec<Duration>> {
     let mut waits = JoinSet::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / RATE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let client = bench.pool.get().await?;
+    let client = Client::new(bench.pool.clone()).listen_url(&bench.url)?;
     // The sequence numbers go on from the first phase, so every input is new.
     for sequence in total..2 * total {
         ticker.tick().await;
-        let handle = run_task(&client, TASK, &sequence, RunTaskOpts::default()).await?;
+        let handle = client
+            .run_task(TASK, &sequence, RunTaskOpts::default())
+            .await?;
         let committed = Instant::now();
-        let pool = bench.pool.clone();
         waits.spawn(async move {
-            let wait = handle.wait_for_output_on(&pool, PollOpts::default());
+            let wait = handle.wait_for_output_with(PollOpts::default());
             tokio::time::timeout(SETTLE_TIMEOUT, wait)
                 .await
                 .map_err(|_| {
