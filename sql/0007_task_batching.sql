@@ -26,11 +26,20 @@ CREATE UNLOGGED TABLE cb_task_waiters (
 );
 
 -- Registers a waiter for a run, so its completion or failure notifies
--- 'td|<task>|<run id>'. Idempotent.
+-- 'td|<task>|<run id>'. Idempotent. It then takes a share lock on the run,
+-- which waits for a completion of the run already in progress: the
+-- caller's next read sees that completion, and any later completion sees
+-- this waiter. Without it, a completion whose waiter check ran just before
+-- the registration committed could finish unseen by both sides.
 CREATE FUNCTION cb_wait_task_run(task text, run_id bigint) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO cb_task_waiters (task, run_id) VALUES (task, run_id)
-    ON CONFLICT (task, run_id) DO UPDATE SET registered_at = excluded.registered_at
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+    INSERT INTO cb_task_waiters AS w (task, run_id) VALUES (task, run_id)
+    ON CONFLICT ON CONSTRAINT cb_task_waiters_pkey DO UPDATE SET registered_at = excluded.registered_at;
+    EXECUTE format('SELECT 1 FROM %I WHERE id = $1 FOR SHARE', (cb_task_table(task)).table_name)
+        USING run_id;
+END;
 $$;
 
 -- Removes the waiters of finished runs among `run_ids` and, when there were
