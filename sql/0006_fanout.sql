@@ -1,6 +1,6 @@
 -- Version 6: fan-out steps. A mapper step turns each element of an array
--- (the flow input or a dependency's output) into a map item; a generator
--- step runs a function that yields items while they are processed; a
+-- (the flow input or a dependency's output) into a map item. A generator
+-- step runs a function that yields items while they are processed. A
 -- reducer step folds the item outputs of a mapper or generator.
 --
 -- Items live in one table per flow, cb_m_<flow>, and are claimed, leased,
@@ -166,8 +166,8 @@ END;
 $$;
 
 -- A claimed map item, as cb_claim_map_tasks returns it. `input` is the flow
--- input for a mapper over a step's output and NULL otherwise (the item
--- takes its place); `dependencies` maps the step's other completed
+-- input for a mapper over a step's output, and NULL otherwise because the
+-- item takes its place. `dependencies` maps the step's other completed
 -- dependencies whose output it receives to that output.
 CREATE TYPE cb_claimed_map_task AS (
     id bigint,
@@ -183,8 +183,8 @@ CREATE TYPE cb_claimed_map_task AS (
     started_at timestamptz
 );
 
--- Claims up to `quantity` items of a mapper or generator step: queued or
--- started, visible, of flow runs that are started and not expired; highest
+-- Claims up to `quantity` visible, unfinished items of a mapper or
+-- generator step whose flow runs are started and not expired, highest
 -- priority first, then oldest. Each claimed item becomes started with its
 -- attempt count raised and is leased for `hide_for` milliseconds.
 -- NOTE: bitmap scans are off inside: a burst of new items leaves the
@@ -291,8 +291,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- NOTE: run rows first, in id order: every transition of a run locks
-    -- its row first, and batches never wait for each other in a cycle.
+    -- NOTE: run rows first, in id order. Every transition of a run locks
+    -- its row first, and a fixed order keeps two batches from waiting for
+    -- each other in a cycle.
     EXECUTE format($sql$
         SELECT count(*) FROM (
             SELECT r.id FROM %I r
@@ -337,8 +338,9 @@ BEGIN
 END;
 $$;
 
--- Returns the run id and run status of a map item held by `attempt`,
--- locking the run's row first. NULLs when the attempt no longer holds it.
+-- Returns the run id and run status of a map item claimed by `attempt`,
+-- locking the run's row first. Returns NULLs when the item is no longer
+-- claimed by that attempt.
 CREATE FUNCTION cb_flow_lock_map_task(flow text, id bigint, attempt integer, OUT run_id bigint, OUT run_status text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -360,10 +362,10 @@ END;
 $$;
 
 -- Records a failed attempt of a map item. With `retry_delay` (milliseconds)
--- the item stays started and is claimable again after the delay; without it
--- the item fails for good, and with it its step and its run: the run's
+-- the item stays started and is claimable again after the delay. Without
+-- it the item fails for good, and so do its step and its run, whose
 -- failed-step input is the item. Returns the item's new status, or NULL
--- when the attempt no longer holds the item or its run stopped.
+-- when the item is no longer claimed by the attempt or its run stopped.
 CREATE FUNCTION cb_fail_map_task(flow text, id bigint, attempt integer, error_message text,
                                  retry_delay integer DEFAULT NULL)
 RETURNS text
@@ -437,8 +439,8 @@ $$;
 
 -- Starts attempt `attempt` of a generator step: the items of earlier
 -- attempts are deleted and the counters reset, so a retried generator
--- yields from the start without duplicates. Returns whether the attempt
--- holds the step in a started run.
+-- yields from the start without duplicates. Returns whether the step is
+-- still claimed by the attempt, in a started run.
 CREATE FUNCTION cb_start_generator_step(flow text, id bigint, attempt integer) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -460,8 +462,8 @@ $$;
 
 -- Adds the items a generator yielded (a JSON array) to its step run, with
 -- indices following those already spawned, and wakes the item handlers.
--- Returns the index of the first new item, or NULL, adding nothing, when
--- the attempt no longer holds the step or its run stopped.
+-- Returns the index of the first new item. Returns NULL, adding nothing,
+-- when the step is no longer claimed by the attempt or its run stopped.
 CREATE FUNCTION cb_spawn_generator_map_tasks(flow text, id bigint, attempt integer, items jsonb)
 RETURNS integer
 LANGUAGE plpgsql AS $$

@@ -70,7 +70,7 @@ async fn item_statuses(db: &TestDb, flow: &str) -> HashMap<String, i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn map_over_the_input_collects_outputs_in_element_order() -> anyhow::Result<()> {
+async fn map_input_keeps_element_order() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -106,7 +106,7 @@ async fn map_over_the_input_collects_outputs_in_element_order() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn empty_arrays_complete_at_once() -> anyhow::Result<()> {
+async fn map_empty_array_completes_at_once() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -161,7 +161,7 @@ async fn empty_arrays_complete_at_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_that_is_not_an_array_fails_the_run() -> anyhow::Result<()> {
+async fn map_non_array_source_fails_run() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -191,8 +191,7 @@ async fn a_source_that_is_not_an_array_fails_the_run() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn map_over_a_step_output_receives_each_element_with_the_other_arguments()
--> anyhow::Result<()> {
+async fn map_step_output_passes_element() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let users = step(
@@ -241,7 +240,7 @@ async fn map_over_a_step_output_receives_each_element_with_the_other_arguments()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_that_fails_once_succeeds_on_retry() -> anyhow::Result<()> {
+async fn map_item_succeeds_on_retry() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let events = Events::default();
@@ -278,7 +277,7 @@ async fn an_item_that_fails_once_succeeds_on_retry() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_out_of_retries_fails_the_step_and_the_run() -> anyhow::Result<()> {
+async fn map_item_out_of_retries_fails_run() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let failures: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -347,7 +346,7 @@ async fn an_item_out_of_retries_fails_the_step_and_the_run() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generator_items_are_doubled_and_reduced() -> anyhow::Result<()> {
+async fn generator_items_doubled_and_reduced() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let plain = Flow::new("gen").step(generate_doubles());
@@ -378,7 +377,7 @@ async fn generator_items_are_doubled_and_reduced() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_run_while_the_generator_still_yields() -> anyhow::Result<()> {
+async fn generator_items_run_while_yielding() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let events = Events::default();
@@ -432,7 +431,7 @@ async fn items_run_while_the_generator_still_yields() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_generator_fails_the_run_and_a_retry_starts_over() -> anyhow::Result<()> {
+async fn generator_retry_starts_over() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -490,7 +489,7 @@ async fn a_failing_generator_fails_the_run_and_a_retry_starts_over() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_fold_is_retried_without_running_the_items_again() -> anyhow::Result<()> {
+async fn reducer_retry_keeps_item_outputs() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let items = Arc::new(AtomicUsize::new(0));
@@ -530,7 +529,7 @@ async fn a_failed_fold_is_retried_without_running_the_items_again() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reducer_of_a_skipped_source_returns_its_initial_value() -> anyhow::Result<()> {
+async fn reducer_of_skipped_source_returns_default() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -560,7 +559,7 @@ async fn a_reducer_of_a_skipped_source_returns_its_initial_value() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dependent_that_ignores_a_mapper_gets_no_output() -> anyhow::Result<()> {
+async fn ignored_mapper_output_is_absent() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -589,7 +588,7 @@ async fn a_dependent_that_ignores_a_mapper_gets_no_output() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_workers_share_the_items_and_run_each_once() -> anyhow::Result<()> {
+async fn map_items_shared_by_two_workers() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let seen: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
@@ -630,7 +629,7 @@ async fn two_workers_share_the_items_and_run_each_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canceling_a_run_stops_its_items() -> anyhow::Result<()> {
+async fn map_cancel_stops_items() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let events = Events::default();
@@ -685,7 +684,7 @@ async fn canceling_a_run_stops_its_items() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn early_completion_from_an_item_cancels_the_others() -> anyhow::Result<()> {
+async fn map_early_completion_cancels_items() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let finder = step(
@@ -721,7 +720,7 @@ async fn early_completion_from_an_item_cancels_the_others() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_map_of_ten_thousand_items_completes_in_order() -> anyhow::Result<()> {
+async fn map_ten_thousand_items_in_order() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -752,7 +751,7 @@ async fn a_map_of_ten_thousand_items_completes_in_order() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reducer_over_many_generated_items_writes_no_large_row() -> anyhow::Result<()> {
+async fn reducer_over_many_items_writes_small_rows() -> anyhow::Result<()> {
     const ITEMS: i64 = 100_000;
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());

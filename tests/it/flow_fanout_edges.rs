@@ -1,5 +1,5 @@
-//! Edge cases of fan-out steps: generators that outlive their run, panic
-//! or time out; items across shutdown and lost leases; runs that expire
+//! Edge cases of fan-out steps: generators that outlive their run, panic or
+//! time out, items across shutdown and lost leases, and runs that expire
 //! with items left.
 
 use std::sync::Arc;
@@ -106,7 +106,7 @@ async fn generator_panics() -> anyhow::Result<()> {
 }
 
 /// A generator that times out after yielding is retried from the start;
-/// its output holds each item once.
+/// its output contains each item once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_timeout_then_retry_has_no_duplicates() -> anyhow::Result<()> {
     let db = TestDb::new().await;
@@ -140,7 +140,7 @@ async fn generator_timeout_then_retry_has_no_duplicates() -> anyhow::Result<()> 
 /// Items a worker claimed and then lost (it died) return after their lease
 /// and complete on another worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_of_a_dead_worker_return_after_the_lease() -> anyhow::Result<()> {
+async fn dead_worker_items_return_after_lease() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let double = step(
@@ -168,7 +168,7 @@ async fn items_of_a_dead_worker_return_after_the_lease() -> anyhow::Result<()> {
 /// A worker stopped while items run gives them back; another worker
 /// finishes the map with every output once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_items_in_flight() -> anyhow::Result<()> {
+async fn shutdown_gives_back_running_items() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let calls = Arc::new(AtomicUsize::new(0));
@@ -288,9 +288,9 @@ async fn nested_fan_out() -> anyhow::Result<()> {
 }
 
 /// A worker stopped while its generator runs gives the generator back; the
-/// next worker starts it over and the output holds each item once.
+/// next worker starts it over and the output contains each item once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_during_generator() -> anyhow::Result<()> {
+async fn shutdown_gives_back_running_generator() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let make = |slow: bool| {
@@ -364,7 +364,7 @@ async fn nul_in_an_item_output() -> anyhow::Result<()> {
 /// still runs, and failing for good it fails the run, although the retry
 /// would discard it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item_of_a_failed_generator_attempt_does_not_fail_the_run() -> anyhow::Result<()> {
+async fn failed_generator_attempt_items_discarded() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     for statement in [
         r#"SELECT cb_create_flow('gorph', '[{"name": "g", "kind": "generator"}]')"#,

@@ -166,8 +166,8 @@ impl<T: Serialize> Yielder<T> {
 }
 
 impl<T> Yielder<T> {
-    /// How many items this attempt has written so far (buffered items not
-    /// yet written are not counted).
+    /// Returns how many items this attempt has written so far. Buffered
+    /// items not yet written are not counted.
     pub fn spawned(&self) -> u64 {
         *self
             .sink
@@ -190,7 +190,7 @@ pub(crate) struct ItemPages {
 }
 
 impl ItemPages {
-    /// The next page, or `None` after the last item.
+    /// Reads the next page, or returns `None` after the last item.
     async fn next_page(&mut self) -> Result<Option<Vec<Value>>, Error> {
         if self.done {
             return Ok(None);
@@ -220,12 +220,12 @@ impl ItemPages {
 }
 
 impl StepHandler {
-    /// A generator step: `generator` receives the step's arguments (flow
-    /// input, signal, dependency outputs, as for [`StepHandler::new`]) and a
-    /// [`Yielder`], and yields items; `item_handler` runs once per item,
-    /// possibly while the generator still runs. The step completes when the
-    /// generator has returned and every item has completed; its output is
-    /// the array of item outputs in yield order.
+    /// Creates a generator step. `generator` receives the step's arguments
+    /// (flow input, signal, dependency outputs, as for [`StepHandler::new`])
+    /// and a [`Yielder`], and yields items. `item_handler` runs once per
+    /// item, possibly while the generator still runs. The step completes
+    /// when the generator has returned and every item has completed, and its
+    /// output is the array of item outputs in yield order.
     ///
     /// The definition becomes a generator step (see [`StepDef::generator`]).
     /// A failed generator attempt is retried from the start: the items of
@@ -281,11 +281,11 @@ impl StepHandler {
         }
     }
 
-    /// A reducer step: folds the item outputs of its source (a mapper or
-    /// generator step, see [`StepDef::reduce`]) in item order, starting from
-    /// `A::default()`; the final accumulator is the step's output. Item
-    /// outputs are read a page at a time, never all at once. A failed fold
-    /// is retried as a whole under this step's options.
+    /// Creates a reducer step, which folds the item outputs of its source (a
+    /// mapper or generator step, see [`StepDef::reduce`]) in item order,
+    /// starting from `A::default()`. The final accumulator is the step's
+    /// output. Item outputs are read a page at a time, never all at once. A
+    /// failed fold is retried as a whole under this step's options.
     ///
     /// [`StepDef::reduce`]: catbird_core::flow::StepDef::reduce
     pub fn reducer<A, T, E, F, Fut>(definition: catbird_core::flow::StepDef, fold: F) -> Self

@@ -71,8 +71,8 @@ pub struct StepDef {
     pub condition: Option<String>,
     /// The step waits for a signal input delivered by [`signal_flow`].
     pub signal: bool,
-    /// What the step does with its handler: one call, one call per array
-    /// element, a generator of items, or a fold over items.
+    /// The step's kind: one handler call, one call per array element, a
+    /// generator of items, or a fold over items.
     pub kind: StepKind,
 }
 
@@ -82,7 +82,7 @@ pub enum StepKind {
     /// One handler call per step run.
     #[default]
     Normal,
-    /// One item per element of an array; the handler runs once per item and
+    /// One item per element of an array. The handler runs once per item, and
     /// the step's output is the array of item outputs in element order.
     Map(MapSource),
     /// A generator function yields items while an item handler processes
@@ -104,7 +104,7 @@ impl StepKind {
         }
     }
 
-    /// Whether the step fans out into items (mapper or generator).
+    /// Returns whether the step fans out into items (mapper or generator).
     pub fn is_fan_out(&self) -> bool {
         matches!(self, StepKind::Map(_) | StepKind::Generator)
     }
