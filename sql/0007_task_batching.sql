@@ -26,18 +26,25 @@ CREATE UNLOGGED TABLE cb_task_waiters (
 );
 
 -- Registers a waiter for a run, so its completion or failure notifies
--- 'td|<task>|<run id>'. Idempotent. It then takes a share lock on the run,
--- which waits for a completion of the run already in progress: the
--- caller's next read sees that completion, and any later completion sees
--- this waiter. Without it, a completion whose waiter check ran just before
--- the registration committed could finish unseen by both sides.
+-- 'td|<task>|<run id>'. Idempotent. When the run has started, it then takes
+-- a share lock on it, which waits for a completion of the run already in
+-- progress: the caller's next read sees that completion, and any later
+-- completion sees this waiter. Without it, a completion whose waiter check
+-- ran just before the registration committed could finish unseen by both
+-- sides. A queued run is not locked: claims skip locked rows, so a waiter
+-- that locked a queued run made the worker's claim come back empty, and
+-- the worker then slept until its next poll. Locking only started runs
+-- leaves a window of a few microseconds (a claim that commits after this
+-- read, with a handler fast enough to complete before this registration
+-- commits), which the caller's periodic re-read covers.
 CREATE FUNCTION cb_wait_task_run(task text, run_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
     INSERT INTO cb_task_waiters AS w (task, run_id) VALUES (task, run_id)
     ON CONFLICT ON CONSTRAINT cb_task_waiters_pkey DO UPDATE SET registered_at = excluded.registered_at;
-    EXECUTE format('SELECT 1 FROM %I WHERE id = $1 FOR SHARE', (cb_task_table(task)).table_name)
+    EXECUTE format('SELECT 1 FROM %I WHERE id = $1 AND status = ''started'' FOR SHARE',
+                   (cb_task_table(task)).table_name)
         USING run_id;
 END;
 $$;

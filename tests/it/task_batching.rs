@@ -267,6 +267,88 @@ async fn completion_notifies_only_waited_runs() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_waiter_leaves_a_queued_run_claimable() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = db.connect().await;
+    client
+        .execute("SELECT cb_create_task(name => 'watched')", &[])
+        .await?;
+    let ids = run_ids(&client, "watched", 1).await;
+
+    // The registration's transaction stays open while a worker claims, so
+    // any row lock it took would still be held.
+    let mut waiter = db.connect().await;
+    let registration = waiter.transaction().await?;
+    registration
+        .execute(
+            "SELECT cb_wait_task_run(task => 'watched', run_id => $1)",
+            &[&ids[0]],
+        )
+        .await?;
+    let claimed = claim(&client, "watched", 1, 60_000).await;
+    registration.commit().await?;
+    assert_eq!(
+        claimed,
+        [(ids[0], 1)],
+        "a claim does not skip a queued run because someone waits for it"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_a_waiter_waits_for_a_completion_in_progress() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = db.connect().await;
+    client
+        .execute("SELECT cb_create_task(name => 'watched')", &[])
+        .await?;
+    let ids = run_ids(&client, "watched", 1).await;
+    claim(&client, "watched", 1, 60_000).await;
+
+    // A completion in progress holds the run until it commits; a waiter
+    // registering meanwhile returns only after that commit, so its next
+    // read sees the output.
+    let mut worker = db.connect().await;
+    let completion = worker.transaction().await?;
+    completion
+        .query(
+            "SELECT * FROM cb_complete_tasks(name => 'watched', ids => $1, attempts => $2, outputs => $3)",
+            &[&vec![ids[0]], &vec![1], &vec![Some(json!("done"))]],
+        )
+        .await?;
+    let waiter = db.connect().await;
+    let id = ids[0];
+    let registered = tokio::spawn(async move {
+        waiter
+            .execute(
+                "SELECT cb_wait_task_run(task => 'watched', run_id => $1)",
+                &[&id],
+            )
+            .await?;
+        anyhow::Ok(status_of(&waiter, "watched", id).await)
+    });
+    // The registration is blocked on the run's row lock.
+    wait_for("the registration to wait on the run's lock", DEADLINE, || async {
+        let blocked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (blocked == 1).then_some(())
+    })
+    .await;
+    assert!(!registered.is_finished());
+    completion.commit().await?;
+    let (status, output, _) = registered.await??;
+    assert_eq!(status, "completed");
+    assert_eq!(output, Some(json!("done")));
+    Ok(())
+}
+
 async fn next_visible_in(client: &tokio_postgres::Client, task: &str) -> Option<i64> {
     client
         .query_one("SELECT cb_next_task_visible_in(name => $1)", &[&task])

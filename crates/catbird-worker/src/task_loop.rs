@@ -187,7 +187,8 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     ));
     let mut executions = JoinSet::new();
     let mut backlog: VecDeque<ClaimedRun> = VecDeque::new();
-    let mut claims: JoinSet<ClaimResult> = JoinSet::new();
+    // Each claim comes back with the waker's count from before it started.
+    let mut claims: JoinSet<(u64, ClaimResult)> = JoinSet::new();
     // Runs asked for by the claims in flight.
     let mut claiming = 0;
     let mut last_claim_full = false;
@@ -223,15 +224,17 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
         if start_claim && wait_until.is_none() {
             let quantity = room.min(batch_size);
             claiming += quantity;
-            claims.spawn(claim_runs(shared.clone(), handler.clone(), quantity));
+            let wakes = waker.wakes();
+            let claim = claim_runs(shared.clone(), handler.clone(), quantity);
+            claims.spawn(async move { (wakes, claim.await) });
         }
 
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => break,
             Some(joined) = claims.join_next() => {
-                let claimed = match joined {
-                    Ok(claimed) => claimed,
+                let (wakes_before, claimed) = match joined {
+                    Ok(joined) => joined,
                     Err(error) => {
                         // The quantity of a claim that panicked is unknown;
                         // none is in flight once the set is empty.
@@ -239,7 +242,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         if claims.is_empty() {
                             claiming = 0;
                         }
-                        Err((0, catbird_core::Error::InvalidArgument(format!("the claim ended unexpectedly: {error}"))))
+                        (0, Err((0, catbird_core::Error::InvalidArgument(format!("the claim ended unexpectedly: {error}")))))
                     }
                 };
                 match claimed {
@@ -247,7 +250,9 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         failures = 0;
                         claiming -= quantity;
                         last_claim_full = runs.len() == quantity;
-                        if runs.len() < quantity {
+                        // A wake-up since the claim started may be for a run
+                        // its snapshot missed: claim again rather than wait.
+                        if runs.len() < quantity && waker.wakes() == wakes_before {
                             let connections = shared.registry.connections();
                             if shared.registry.is_listening() && checked_for_connection != Some(connections) {
                                 checked_for_connection = Some(connections);
@@ -307,7 +312,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     // Shutdown: claims in flight still finish, so their runs are given back
     // with the rest of the backlog.
     while let Some(joined) = claims.join_next().await {
-        if let Ok(Ok((_, runs))) = joined {
+        if let Ok((_, Ok((_, runs)))) = joined {
             backlog.extend(runs);
         }
     }

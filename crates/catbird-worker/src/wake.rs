@@ -30,6 +30,9 @@ const TIMER_COALESCE: Duration = Duration::from_millis(5);
 #[derive(Debug, Default)]
 pub(crate) struct LoopWaker {
     notify: Notify,
+    /// How many wake-ups the loop got, so a claim can tell whether one came
+    /// while it ran (see [`LoopWaker::wakes`]).
+    wakes: AtomicU64,
     /// The pending timed wake-ups.
     pending: Mutex<BTreeSet<Instant>>,
 }
@@ -38,7 +41,18 @@ impl LoopWaker {
     /// Wakes the loop now; a wake-up sent while the loop is busy is kept for
     /// its next wait.
     pub(crate) fn wake(&self) {
+        self.wakes.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_one();
+    }
+
+    /// How many wake-ups the loop got so far. A claim reads it before it
+    /// starts: when the count changed by the time the claim came back short,
+    /// work may have arrived after the claim's snapshot, so the loop claims
+    /// again instead of waiting. The stored permit of [`LoopWaker::woken`]
+    /// is not enough when two claims overlap: the first to come back may
+    /// use it up while the second still runs on an older snapshot.
+    pub(crate) fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Acquire)
     }
 
     /// Waits for a wake-up.
@@ -416,6 +430,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), waker.woken())
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn wakes_count_every_wake_up() {
+        let registry = Registry::default();
+        let waker = registry.waker("t", "echo");
+        let before = waker.wakes();
+        registry.dispatch("t|echo|");
+        registry.dispatch("t|other|");
+        registry.wake_all();
+        assert_eq!(waker.wakes(), before + 2);
     }
 
     #[tokio::test]
