@@ -124,9 +124,62 @@ async fn cancel_started_run_fires_token() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
-    let db = TestDb::new().await;
+/// Starts a worker without a listen connection and waits until it has
+/// registered.
+async fn start_polling(
+    db: &TestDb,
+    worker: Worker,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), catbird_worker::WorkerError>>,
+) {
+    let id = worker.id();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.start(shutdown.clone()));
+    let client = Client::new(db.pool.clone());
+    catbird_tests::wait_for(
+        "the worker to register",
+        crate::task_support::DEADLINE,
+        || async {
+            let workers = client.list_workers().await.ok()?;
+            workers.iter().any(|worker| worker.id == id).then_some(())
+        },
+    )
+    .await;
+    (shutdown, handle)
+}
+
+/// A handler for the waiting-run tests: "blocker" holds the only slot until
+/// `gate` fires; "victim" records whether its token fired (waiting for it
+/// up to the deadline); every run records its label.
+fn gated_handler(gate: &CancellationToken, seen: &Log<(String, bool)>) -> TaskHandler {
+    let gate = gate.clone();
+    let seen = seen.clone();
+    TaskHandler::new("batch", move |label: String, ctx: TaskContext| {
+        let gate = gate.clone();
+        let seen = seen.clone();
+        async move {
+            if label == "victim" {
+                let fired = tokio::time::timeout(crate::task_support::DEADLINE, ctx.cancelled())
+                    .await
+                    .is_ok();
+                seen.push((label.clone(), fired));
+            } else {
+                seen.push((label.clone(), false));
+                if label == "blocker" {
+                    gate.cancelled().await;
+                }
+            }
+            Ok::<_, anyhow::Error>(label)
+        }
+    })
+    .concurrency(1)
+    .batch_size(10)
+}
+
+/// Runs a blocker and a victim claimed together; cancels the victim while
+/// it waits for the slot, then frees the slot. Returns what the handler saw.
+async fn cancel_while_waiting(db: &TestDb, listen: bool) -> anyhow::Result<Vec<(String, bool)>> {
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("batch")).await?;
     let blocker = client
@@ -137,24 +190,12 @@ async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
         .await?;
     let gate = CancellationToken::new();
     let seen = Log::new();
-    let handler = {
-        let gate = gate.clone();
-        let seen = seen.clone();
-        TaskHandler::new("batch", move |label: String, _ctx: TaskContext| {
-            let gate = gate.clone();
-            let seen = seen.clone();
-            async move {
-                seen.push(label.clone());
-                if label == "blocker" {
-                    gate.cancelled().await;
-                }
-                Ok::<_, anyhow::Error>(label)
-            }
-        })
-        .concurrency(1)
-        .batch_size(10)
+    let worker = Worker::new(db.pool.clone()).task(gated_handler(&gate, &seen));
+    let (stop, polling) = if listen {
+        (Some(start(db, worker).await), None)
+    } else {
+        (None, Some(start_polling(db, worker).await))
     };
-    let worker = start(&db, Worker::new(db.pool.clone()).task(handler)).await;
 
     wait_for_len(&seen, 1).await;
     let claimed = victim.get().await?;
@@ -170,10 +211,47 @@ async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
         .run_task("batch", &"after", RunTaskOpts::default())
         .await?;
     wait_status(&client, "batch", after.id(), RunStatus::Completed).await;
-
-    assert_eq!(seen.snapshot(), ["blocker", "after"]);
     assert_eq!(victim.get().await?.status, RunStatus::Canceled);
-    worker.stop().await;
+
+    if let Some(running) = stop {
+        running.stop().await;
+    }
+    if let Some((shutdown, handle)) = polling {
+        shutdown.cancel();
+        handle.await??;
+    }
+    Ok(seen.snapshot())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    // Without a listen connection the worker re-reads the status of a run
+    // that waited for a slot before it starts it.
+    let seen = cancel_while_waiting(&db, false).await?;
+    assert_eq!(
+        seen,
+        [("blocker".to_owned(), false), ("after".to_owned(), false)]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_waiting_claimed_run_reaches_it_by_notification() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    // A listening worker learns of the cancellation from its notification.
+    // The victim is skipped when the notification arrived before its start;
+    // a start that beats the notification by a moment still has its token
+    // fired, and its result is discarded either way.
+    let seen = cancel_while_waiting(&db, true).await?;
+    let labels: Vec<&str> = seen.iter().map(|(label, _)| label.as_str()).collect();
+    assert!(
+        labels == ["blocker", "after"] || labels == ["blocker", "victim", "after"],
+        "{seen:?}"
+    );
+    for (label, fired) in &seen {
+        assert_eq!(*fired, label == "victim", "{label} token");
+    }
     Ok(())
 }
 

@@ -62,6 +62,11 @@ struct ClaimedRun {
     token: CancellationToken,
     /// When the status was last re-read, if ever.
     checked_at: Option<Instant>,
+    /// The listen connection count when the claim started, when the worker
+    /// was listening then. While that connection still listens, every
+    /// cancellation since the claim has reached the run's token, so the run
+    /// starts without re-reading its status.
+    listened_on: Option<u64>,
 }
 
 /// How long a re-read status of a waiting run stays good: a run checked
@@ -295,7 +300,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
             permit = semaphore.clone().acquire_owned(), if !backlog.is_empty() => {
                 let permit = permit.expect("the semaphore is never closed");
                 let mut run = backlog.pop_front().expect("guarded by the branch condition");
-                if needs_status_check(&run) {
+                if needs_status_check(&shared, &run) {
                     check_waiting_runs(&shared, &handler, &mut run, &mut backlog).await;
                 }
                 executions.spawn(execute(shared.clone(), handler.clone(), run, permit, results.clone()));
@@ -334,6 +339,10 @@ type ClaimResult = Result<(usize, Vec<ClaimedRun>), (usize, catbird_core::Error)
 async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usize) -> ClaimResult {
     let lease_ms = shared.lease_ms();
     let asked = i32::try_from(quantity).unwrap_or(i32::MAX);
+    let listened_on = shared
+        .registry
+        .is_listening()
+        .then(|| shared.registry.connections());
     let rows = shared
         .pool
         .query_rows(sql::CLAIM_TASKS, &[&&*handler.name, &asked, &lease_ms])
@@ -355,15 +364,15 @@ async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usi
                 waited: false,
                 token: shared.hard_stop.child_token(),
                 checked_at: None,
+                listened_on,
             }
         })
         .collect();
     shared.hold_many(&handler.name, runs.iter().map(|run| run.id));
-    for run in &runs {
-        shared
-            .registry
-            .track_running(&handler.running_key, run.id, run.token.clone());
-    }
+    shared.registry.track_claimed(
+        &handler.running_key,
+        runs.iter().map(|run| (run.id, &run.token)),
+    );
     tracing::trace!(task = %handler.name, count = runs.len(), "claimed runs");
     Ok((quantity, runs))
 }
@@ -558,10 +567,15 @@ async fn attempt_run(shared: &Shared, handler: &RunHandler, run: ClaimedRun) -> 
 }
 
 /// Whether a run about to start must have its status re-read: it waited
-/// for an execution slot, so it may have been canceled meanwhile, and no
-/// read of the last 20 ms already covered it.
-fn needs_status_check(run: &ClaimedRun) -> bool {
+/// for an execution slot, so it may have been canceled meanwhile, no
+/// cancellation notification is sure to have reached it (the worker did not
+/// listen from its claim on), and no read of the last 20 ms already covered
+/// it.
+fn needs_status_check(shared: &Shared, run: &ClaimedRun) -> bool {
+    let notified =
+        shared.registry.is_listening() && run.listened_on == Some(shared.registry.connections());
     run.waited
+        && !notified
         && !run.token.is_cancelled()
         && run
             .checked_at

@@ -7,7 +7,7 @@
 //! canceled run's id, whose handler is told to stop. Notifications are hints:
 //! loops also poll, so a lost notification only delays work.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,6 +96,11 @@ pub(crate) struct Registry {
     connections: AtomicU64,
     loops: Mutex<HashMap<String, Arc<LoopWaker>>>,
     running: Mutex<HashMap<(String, i64), CancellationToken>>,
+    /// Cancellations that found no tracked handler. A claim registers its
+    /// runs' tokens only after its statement returned, so a cancellation
+    /// that commits right after the claim can arrive first; the claim then
+    /// finds it here. Locked after `running`, never before.
+    canceled_untracked: Mutex<RecentIds>,
     /// Running steps per flow run: (flow, run id) -> step run id -> token.
     running_steps: Mutex<HashMap<(String, i64), HashMap<i64, CancellationToken>>>,
 }
@@ -141,14 +146,29 @@ impl Registry {
         }
     }
 
-    /// Records the token of a running handler, fired when its run is
-    /// canceled.
-    pub(crate) fn track_running(&self, kind: &str, id: i64, token: CancellationToken) {
+    /// Records the tokens of claimed runs of `kind`, fired when their run
+    /// is canceled. A token whose cancellation notification arrived before
+    /// this call is fired at once.
+    pub(crate) fn track_claimed<'a>(
+        &self,
+        kind: &str,
+        claimed: impl IntoIterator<Item = (i64, &'a CancellationToken)>,
+    ) {
         let mut running = self
             .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        running.insert((kind.to_owned(), id), token);
+        let canceled = self
+            .canceled_untracked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (id, token) in claimed {
+            let key = (kind.to_owned(), id);
+            if canceled.contains(&key) {
+                token.cancel();
+            }
+            running.insert(key, token.clone());
+        }
     }
 
     /// Fires the token of a running handler, when its run turned out to be
@@ -239,13 +259,19 @@ impl Registry {
                     .running
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(token) = running.get(&(format!("t|{name}"), id)) {
+                let key = (format!("t|{name}"), id);
+                if let Some(token) = running.get(&key) {
                     tracing::debug!(
                         task = name,
                         task.run_id = id,
                         "run canceled; stopping its handler"
                     );
                     token.cancel();
+                } else {
+                    self.canceled_untracked
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(key);
                 }
             }
             _ => {
@@ -263,6 +289,36 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// How many cancellations without a tracked handler a worker remembers.
+/// Every worker hears every cancellation, so most of these are runs of
+/// other workers; a claim needs only the ones of the last few milliseconds.
+const RECENT_CANCELS: usize = 4_096;
+
+/// A bounded set of run keys that forgets the oldest first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    order: VecDeque<(String, i64)>,
+    set: HashSet<(String, i64)>,
+}
+
+impl RecentIds {
+    fn insert(&mut self, key: (String, i64)) {
+        if !self.set.insert(key.clone()) {
+            return;
+        }
+        self.order.push_back(key);
+        if self.order.len() > RECENT_CANCELS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, key: &(String, i64)) -> bool {
+        self.set.contains(key)
     }
 }
 
@@ -447,10 +503,33 @@ mod tests {
     async fn dispatch_cancels_a_running_handler() {
         let registry = Registry::default();
         let token = CancellationToken::new();
-        registry.track_running("t|echo", 7, token.clone());
+        registry.track_claimed("t|echo", [(7, &token)]);
         registry.dispatch("tx|echo|8");
         assert!(!token.is_cancelled());
         registry.dispatch("tx|echo|7");
         assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn a_cancellation_heard_before_the_claim_registered_still_fires() {
+        let registry = Registry::default();
+        registry.dispatch("tx|echo|9");
+        let token = CancellationToken::new();
+        let other = CancellationToken::new();
+        registry.track_claimed("t|echo", [(9, &token), (10, &other)]);
+        assert!(token.is_cancelled());
+        assert!(!other.is_cancelled());
+    }
+
+    #[test]
+    fn recent_cancellations_are_bounded() {
+        let mut recent = RecentIds::default();
+        for id in 0..(RECENT_CANCELS as i64 + 10) {
+            recent.insert(("t|echo".to_owned(), id));
+        }
+        assert_eq!(recent.order.len(), RECENT_CANCELS);
+        assert_eq!(recent.set.len(), RECENT_CANCELS);
+        assert!(!recent.contains(&("t|echo".to_owned(), 0)));
+        assert!(recent.contains(&("t|echo".to_owned(), RECENT_CANCELS as i64 + 9)));
     }
 }
