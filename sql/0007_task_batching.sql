@@ -11,6 +11,9 @@
 -- failure notify cb_wake_channel() with 'td|<task>|<id>,<id>...' once per
 -- statement, and only when a finished run had a waiter, so runs nobody waits
 -- for cost no notification.
+--
+-- cb_cancel_task now stamps the request and the cancellation with one
+-- clock reading.
 
 -- migrate:up
 
@@ -373,6 +376,41 @@ BEGIN
 END;
 $$;
 
+-- Cancels a queued or started run: it becomes canceled at once, and a worker
+-- running it is told to stop. A run that already finished is left exactly as
+-- it is. Returns whether the run exists. Version 7 gives the request and
+-- the cancellation one timestamp: two clock readings could put the request
+-- a microsecond after the cancellation.
+CREATE OR REPLACE FUNCTION cb_cancel_task(name text, id bigint, reason text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    v_task record := cb_task_table(name);
+    v_status text;
+    v_exists boolean;
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    EXECUTE format($sql$
+        UPDATE %I
+        SET status = 'canceled',
+            cancel_reason = nullif($2, ''),
+            cancel_requested_at = $3,
+            canceled_at = $3
+        WHERE id = $1 AND status IN ('queued', 'started')
+        RETURNING status$sql$, v_task.table_name)
+        INTO v_status
+        USING id, reason, v_now;
+    IF v_status IS NOT NULL THEN
+        PERFORM pg_notify(cb_wake_channel(), 'tx|' || name || '|' || id);
+        RETURN true;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE id = $1)', v_task.table_name)
+        INTO v_exists USING id;
+    RETURN v_exists;
+END;
+$$;
+
 -- migrate:down
 
 DROP FUNCTION cb_fail_tasks(text, bigint[], integer[], text[], integer[]);
@@ -486,3 +524,36 @@ DROP FUNCTION cb_tune_task_table(text);
 DROP FUNCTION cb_notify_task_waiters(text, bigint[]);
 DROP FUNCTION cb_wait_task_run(text, bigint);
 DROP TABLE cb_task_waiters;
+
+-- The version 3 body of cb_cancel_task.
+-- Cancels a queued or started run: it becomes canceled at once, and a worker
+-- running it is told to stop. A run that already finished is left exactly as
+-- it is. Returns whether the run exists.
+CREATE OR REPLACE FUNCTION cb_cancel_task(name text, id bigint, reason text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    v_task record := cb_task_table(name);
+    v_status text;
+    v_exists boolean;
+BEGIN
+    EXECUTE format($sql$
+        UPDATE %I
+        SET status = 'canceled',
+            cancel_reason = nullif($2, ''),
+            cancel_requested_at = clock_timestamp(),
+            canceled_at = clock_timestamp()
+        WHERE id = $1 AND status IN ('queued', 'started')
+        RETURNING status$sql$, v_task.table_name)
+        INTO v_status
+        USING id, reason;
+    IF v_status IS NOT NULL THEN
+        PERFORM pg_notify(cb_wake_channel(), 'tx|' || name || '|' || id);
+        RETURN true;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE id = $1)', v_task.table_name)
+        INTO v_exists USING id;
+    RETURN v_exists;
+END;
+$$;

@@ -20,7 +20,8 @@ use crate::item_loop::{ItemLoop, Mapped, item_loop_run};
 use crate::options::HandlerOpts;
 use crate::retry::with_retries;
 use crate::task_loop::{
-    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle, pause_after_error, retry_delay_ms, supervise,
+    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle, idle_since, pause_after_error, retry_delay_ms,
+    supervise,
 };
 use crate::worker::Shared;
 
@@ -136,6 +137,7 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
     let quantity = i32::try_from(handler.opts.batch_size).unwrap_or(i32::MAX);
     let mut executions = JoinSet::new();
     let mut failures = 0;
+    let waker = shared.registry.waker("s", &handler.key);
 
     'claiming: loop {
         let permit = tokio::select! {
@@ -145,6 +147,7 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
         while executions.try_join_next().is_some() {}
 
         let lease_ms = shared.lease_ms();
+        let seen = waker.wakes();
         let claimed = shared
             .pool
             .query_rows(
@@ -169,11 +172,14 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
         };
         if rows.is_empty() {
             drop(permit);
-            if idle(&shared, "s", &handler.key, IDLE_POLL).await {
+            if idle_since(&shared, "s", &handler.key, seen, IDLE_POLL).await {
                 continue;
             }
             break;
         }
+        // A short claim took every visible step: wait for a wake-up before
+        // claiming again, rather than spend a claim that finds nothing.
+        let short = rows.len() < usize::try_from(quantity).unwrap_or(usize::MAX);
 
         let steps: Vec<ClaimedStep> = rows
             .iter()
@@ -212,6 +218,9 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
                 },
             };
             executions.spawn(execute(shared.clone(), handler.clone(), step, permit));
+        }
+        if short && !idle_since(&shared, "s", &handler.key, seen, IDLE_POLL).await {
+            break;
         }
     }
 

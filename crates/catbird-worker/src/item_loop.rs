@@ -16,7 +16,9 @@ use crate::flow::{StepArgs, StepCallFn, StepContext};
 use crate::flow_loop::watch_run;
 use crate::options::HandlerOpts;
 use crate::retry::with_retries;
-use crate::task_loop::{IDLE_POLL, Supervised, idle, pause_after_error, retry_delay_ms, supervise};
+use crate::task_loop::{
+    IDLE_POLL, Supervised, idle_since, pause_after_error, retry_delay_ms, supervise,
+};
 use crate::worker::Shared;
 
 /// The maximum number of item completions per statement.
@@ -82,6 +84,7 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
     ));
     let mut executions = JoinSet::new();
     let mut failures = 0;
+    let waker = shared.registry.waker("i", &handler.key);
 
     'claiming: loop {
         let permit = tokio::select! {
@@ -94,6 +97,7 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
         let quantity = batch.max(1);
 
         let lease_ms = shared.lease_ms();
+        let seen = waker.wakes();
         let claimed = shared
             .pool
             .query_rows(
@@ -118,11 +122,14 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
         };
         if rows.is_empty() {
             drop(permit);
-            if idle(&shared, "i", &handler.key, IDLE_POLL).await {
+            if idle_since(&shared, "i", &handler.key, seen, IDLE_POLL).await {
                 continue;
             }
             break;
         }
+        // A short claim took every visible item: wait for a wake-up before
+        // claiming again.
+        let short = rows.len() < usize::try_from(quantity).unwrap_or(usize::MAX);
 
         let items: Vec<ClaimedItem> = rows
             .iter()
@@ -189,6 +196,9 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
                 permit,
                 completions.clone(),
             ));
+        }
+        if short && !idle_since(&shared, "i", &handler.key, seen, IDLE_POLL).await {
+            break;
         }
     }
 

@@ -114,6 +114,33 @@ pub(crate) async fn idle(shared: &Shared, kind: &str, name: &str, fallback: Dura
     }
 }
 
+/// Waits until a wake-up newer than the count `seen` (read from the loop's
+/// waker before its last claim started), the fallback delay or shutdown.
+/// Returns false on shutdown. Wake-ups the claim's snapshot already covered
+/// are ignored, so a loop whose claim took the announced work does not
+/// claim again only to find nothing; a wake-up that came while the claim
+/// ran ends the wait at once, since its work may postdate the snapshot.
+pub(crate) async fn idle_since(
+    shared: &Shared,
+    kind: &str,
+    name: &str,
+    seen: u64,
+    fallback: Duration,
+) -> bool {
+    let waker = shared.registry.waker(kind, name);
+    let deadline = Instant::now() + fallback;
+    loop {
+        if waker.wakes() != seen {
+            return true;
+        }
+        tokio::select! {
+            () = waker.woken() => {}
+            () = tokio::time::sleep_until(deadline) => return true,
+            () = shared.shutdown.cancelled() => return false,
+        }
+    }
+}
+
 /// How long an idle run loop waits before it polls without a wake-up.
 ///
 /// Without a healthy listen connection that is [`IDLE_POLL`]. While the
