@@ -389,8 +389,14 @@ DECLARE
     v_task record := cb_task_table(name);
     v_status text;
     v_exists boolean;
-    v_now timestamptz := clock_timestamp();
+    v_now timestamptz;
 BEGIN
+    -- Lock first, then read the clock: a claim that started the run while
+    -- this call waited for the row must not end up after the cancellation.
+    EXECUTE format('SELECT 1 FROM %I WHERE id = $1 AND status IN (''queued'', ''started'') FOR UPDATE',
+                   v_task.table_name)
+        USING id;
+    v_now := clock_timestamp();
     EXECUTE format($sql$
         UPDATE %I
         SET status = 'canceled',

@@ -383,3 +383,131 @@ async fn cancel_from_handler_gives_reason() -> anyhow::Result<()> {
     worker.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_cancellation_does_not_cancel_a_reused_run_id() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    client.create_task(&Task::define("job")).await?;
+    let seen = Log::new();
+    let handler = {
+        let seen = seen.clone();
+        TaskHandler::new("job", move |label: String, _ctx: TaskContext| {
+            let seen = seen.clone();
+            async move {
+                seen.push(label.clone());
+                Ok::<_, anyhow::Error>(label)
+            }
+        })
+    };
+    let worker = start(
+        &db,
+        Worker::new(db.pool.clone())
+            .lease(Duration::from_secs(2))
+            .task(handler),
+    )
+    .await;
+
+    // Canceled while it waits to become visible: the worker hears the
+    // cancellation of a run it does not hold.
+    let later = client
+        .run_task(
+            "job",
+            &"later",
+            RunTaskOpts::default().visible_at(chrono::Utc::now() + chrono::Duration::hours(1)),
+        )
+        .await?;
+    assert!(later.cancel(None).await?);
+    // This run's wake-up follows the cancellation on the same channel.
+    let marker = client
+        .run_task("job", &"marker", RunTaskOpts::default())
+        .await?;
+    wait_status(&client, "job", marker.id(), RunStatus::Completed).await;
+
+    // A task created again numbers its runs from 1 again.
+    assert!(client.delete_task("job").await?);
+    client.create_task(&Task::define("job")).await?;
+    let fresh = client
+        .run_task("job", &"fresh", RunTaskOpts::default())
+        .await?;
+    assert_eq!(fresh.id(), later.id());
+
+    wait_status(&client, "job", fresh.id(), RunStatus::Completed).await;
+    assert_eq!(seen.snapshot(), ["marker", "fresh"]);
+    assert_eq!(
+        fresh.get().await?.attempts,
+        1,
+        "the first claim of the new run executes it"
+    );
+    worker.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_waiting_for_a_claim_is_stamped_after_the_start() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = db.connect().await;
+    client
+        .execute("SELECT cb_create_task(name => 'job')", &[])
+        .await?;
+    let id: i64 = client
+        .query_one(
+            "SELECT cb_run_task(name => 'job', input => '1'::jsonb)",
+            &[],
+        )
+        .await?
+        .get(0);
+
+    // A claimer holds the run's row when the cancellation starts.
+    let mut claimer = db.connect().await;
+    let claim = claimer.transaction().await?;
+    claim
+        .execute("SELECT 1 FROM cb_t_job WHERE id = $1 FOR UPDATE", &[&id])
+        .await?;
+    let canceler = db.connect().await;
+    let canceled = tokio::spawn(async move {
+        let row = canceler
+            .query_one("SELECT cb_cancel_task(name => 'job', id => $1)", &[&id])
+            .await?;
+        anyhow::Ok(row.get::<_, bool>(0))
+    });
+    catbird_tests::wait_for(
+        "the cancellation to wait on the run's lock",
+        crate::task_support::DEADLINE,
+        || async {
+            let blocked: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (blocked == 1).then_some(())
+        },
+    )
+    .await;
+    let claimed = claim
+        .query(
+            "SELECT * FROM cb_claim_tasks(name => 'job', quantity => 1, hide_for => 60000)",
+            &[],
+        )
+        .await?;
+    assert_eq!(claimed.len(), 1);
+    claim.commit().await?;
+    assert!(canceled.await??);
+
+    let row = client
+        .query_one(
+            "SELECT status, started_at <= cancel_requested_at, cancel_requested_at = canceled_at FROM cb_t_job WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "canceled");
+    assert!(row.get::<_, bool>(1), "the cancellation follows the start");
+    assert!(
+        row.get::<_, bool>(2),
+        "request and cancellation share a time"
+    );
+    Ok(())
+}

@@ -229,6 +229,10 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     // `wake_ends_wait` is also set.
     let mut wait_until: Option<Instant> = None;
     let mut wake_ends_wait = false;
+    // The waker's count when the current wait began: only a newer wake-up
+    // ends it, so a permit stored by one the last claim already served
+    // does not cost a claim that finds nothing.
+    let mut wait_seen = 0;
     let mut failures = 0;
     // The listen connection count at the last cb_next_task_visible_in call.
     let mut checked_for_connection: Option<u64> = None;
@@ -300,6 +304,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                                 .map(|at| at - now);
                             wait_until = Some(now + idle_wait(&shared, next_visible));
                             wake_ends_wait = true;
+                            wait_seen = wakes_before;
                         }
                         // Runs beyond the free slots wait in the backlog,
                         // where a cancellation may overtake them.
@@ -333,7 +338,9 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                 executions.spawn(execute(shared.clone(), handler.clone(), run, permit, results.clone()));
             }
             () = waker.woken(), if wait_until.is_some() && wake_ends_wait => {
-                wait_until = None;
+                if waker.wakes() != wait_seen {
+                    wait_until = None;
+                }
             }
             () = sleep_until_opt(wait_until), if wait_until.is_some() => {
                 wait_until = None;
@@ -370,6 +377,7 @@ async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usi
         .registry
         .is_listening()
         .then(|| shared.registry.connections());
+    let cancellations_before = shared.registry.cancellations_heard();
     let rows = shared
         .pool
         .query_rows(sql::CLAIM_TASKS, &[&&*handler.name, &asked, &lease_ms])
@@ -398,6 +406,7 @@ async fn claim_runs(shared: Arc<Shared>, handler: Arc<RunHandler>, quantity: usi
     shared.hold_many(&handler.name, runs.iter().map(|run| run.id));
     shared.registry.track_claimed(
         &handler.running_key,
+        cancellations_before,
         runs.iter().map(|run| (run.id, &run.token)),
     );
     tracing::trace!(task = %handler.name, count = runs.len(), "claimed runs");

@@ -7,7 +7,7 @@
 //! canceled run's id, whose handler is told to stop. Notifications are hints:
 //! loops also poll, so a lost notification only delays work.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -146,25 +146,39 @@ impl Registry {
         }
     }
 
+    /// How many cancellations without a tracked handler the worker heard
+    /// so far. A claim reads it before its statement and passes it to
+    /// [`Registry::track_claimed`].
+    pub(crate) fn cancellations_heard(&self) -> u64 {
+        self.canceled_untracked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .count
+    }
+
     /// Records the tokens of claimed runs of `kind`, fired when their run
-    /// is canceled. A token whose cancellation notification arrived before
-    /// this call is fired at once.
+    /// is canceled. A token whose cancellation arrived after the claim
+    /// started (`since`, from [`Registry::cancellations_heard`]) but before
+    /// this call is fired at once. Older cancellations are ignored: they
+    /// cannot be for a run the claim took, and a table created again
+    /// numbers its runs from 1, so an id can come back.
     pub(crate) fn track_claimed<'a>(
         &self,
         kind: &str,
+        since: u64,
         claimed: impl IntoIterator<Item = (i64, &'a CancellationToken)>,
     ) {
         let mut running = self
             .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let canceled = self
+        let mut canceled = self
             .canceled_untracked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (id, token) in claimed {
             let key = (kind.to_owned(), id);
-            if canceled.contains(&key) {
+            if canceled.take_after(&key, since) {
                 token.cancel();
             }
             running.insert(key, token.clone());
@@ -294,31 +308,43 @@ impl Registry {
 
 /// How many cancellations without a tracked handler a worker remembers.
 /// Every worker hears every cancellation, so most of these are runs of
-/// other workers; a claim needs only the ones of the last few milliseconds.
+/// other workers; a claim needs only the ones heard while it ran.
 const RECENT_CANCELS: usize = 4_096;
 
-/// A bounded set of run keys that forgets the oldest first.
+/// Cancellations heard for runs with no tracked handler, each numbered in
+/// the order heard, forgetting the oldest first.
 #[derive(Debug, Default)]
 struct RecentIds {
     order: VecDeque<(String, i64)>,
-    set: HashSet<(String, i64)>,
+    heard: HashMap<(String, i64), u64>,
+    /// How many cancellations were stored so far: the number of the last.
+    count: u64,
 }
 
 impl RecentIds {
     fn insert(&mut self, key: (String, i64)) {
-        if !self.set.insert(key.clone()) {
-            return;
+        self.count += 1;
+        if self.heard.insert(key.clone(), self.count).is_none() {
+            self.order.push_back(key);
         }
-        self.order.push_back(key);
         if self.order.len() > RECENT_CANCELS {
             if let Some(oldest) = self.order.pop_front() {
-                self.set.remove(&oldest);
+                self.heard.remove(&oldest);
             }
         }
     }
 
-    fn contains(&self, key: &(String, i64)) -> bool {
-        self.set.contains(key)
+    /// Whether `key` was canceled after the `since`-th stored cancellation.
+    /// A key heard once is forgotten here, so it never fires twice.
+    fn take_after(&mut self, key: &(String, i64), since: u64) -> bool {
+        match self.heard.get(key) {
+            Some(&number) if number > since => {
+                self.heard.remove(key);
+                self.order.retain(|kept| kept != key);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -503,7 +529,7 @@ mod tests {
     async fn dispatch_cancels_a_running_handler() {
         let registry = Registry::default();
         let token = CancellationToken::new();
-        registry.track_claimed("t|echo", [(7, &token)]);
+        registry.track_claimed("t|echo", registry.cancellations_heard(), [(7, &token)]);
         registry.dispatch("tx|echo|8");
         assert!(!token.is_cancelled());
         registry.dispatch("tx|echo|7");
@@ -513,12 +539,38 @@ mod tests {
     #[test]
     fn a_cancellation_heard_before_the_claim_registered_still_fires() {
         let registry = Registry::default();
+        let since = registry.cancellations_heard();
         registry.dispatch("tx|echo|9");
         let token = CancellationToken::new();
         let other = CancellationToken::new();
-        registry.track_claimed("t|echo", [(9, &token), (10, &other)]);
+        registry.track_claimed("t|echo", since, [(9, &token), (10, &other)]);
         assert!(token.is_cancelled());
         assert!(!other.is_cancelled());
+    }
+
+    #[test]
+    fn a_cancellation_heard_before_the_claim_started_is_ignored() {
+        // A recreated task numbers its runs from 1 again: an old
+        // cancellation of run 9 must not cancel the new run 9.
+        let registry = Registry::default();
+        registry.dispatch("tx|echo|9");
+        let since = registry.cancellations_heard();
+        let token = CancellationToken::new();
+        registry.track_claimed("t|echo", since, [(9, &token)]);
+        assert!(!token.is_cancelled());
+    }
+
+    #[test]
+    fn a_stored_cancellation_fires_once() {
+        let registry = Registry::default();
+        let since = registry.cancellations_heard();
+        registry.dispatch("tx|echo|9");
+        let first = CancellationToken::new();
+        registry.track_claimed("t|echo", since, [(9, &first)]);
+        let second = CancellationToken::new();
+        registry.track_claimed("t|echo", since, [(9, &second)]);
+        assert!(first.is_cancelled());
+        assert!(!second.is_cancelled());
     }
 
     #[test]
@@ -528,8 +580,8 @@ mod tests {
             recent.insert(("t|echo".to_owned(), id));
         }
         assert_eq!(recent.order.len(), RECENT_CANCELS);
-        assert_eq!(recent.set.len(), RECENT_CANCELS);
-        assert!(!recent.contains(&("t|echo".to_owned(), 0)));
-        assert!(recent.contains(&("t|echo".to_owned(), RECENT_CANCELS as i64 + 9)));
+        assert_eq!(recent.heard.len(), RECENT_CANCELS);
+        assert!(!recent.take_after(&("t|echo".to_owned(), 0), 0));
+        assert!(recent.take_after(&("t|echo".to_owned(), RECENT_CANCELS as i64 + 9), 0));
     }
 }
