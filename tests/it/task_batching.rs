@@ -268,7 +268,7 @@ async fn completion_notifies_only_waited_runs() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registering_a_waiter_leaves_a_queued_run_claimable() -> anyhow::Result<()> {
+async fn waiter_keeps_queued_run_claimable() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = db.connect().await;
     client
@@ -297,7 +297,7 @@ async fn registering_a_waiter_leaves_a_queued_run_claimable() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registering_a_waiter_waits_for_a_completion_in_progress() -> anyhow::Result<()> {
+async fn waiter_waits_for_pending_completion() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = db.connect().await;
     client

@@ -237,7 +237,7 @@ async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_waiting_claimed_run_reaches_it_by_notification() -> anyhow::Result<()> {
+async fn notified_cancel_reaches_waiting_run() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     // A listening worker learns of the cancellation from its notification.
     // The victim is skipped when the notification arrived before its start;
@@ -385,7 +385,7 @@ async fn cancel_from_handler_gives_reason() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_cancellation_does_not_cancel_a_reused_run_id() -> anyhow::Result<()> {
+async fn old_cancel_spares_reused_id() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     client.create_task(&Task::define("job")).await?;
@@ -444,7 +444,7 @@ async fn old_cancellation_does_not_cancel_a_reused_run_id() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_waiting_for_a_claim_is_stamped_after_the_start() -> anyhow::Result<()> {
+async fn cancel_stamped_after_claim_start() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = db.connect().await;
     client

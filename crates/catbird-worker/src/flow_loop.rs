@@ -20,7 +20,7 @@ use crate::item_loop::{ItemLoop, Mapped, item_loop_run};
 use crate::options::HandlerOpts;
 use crate::retry::with_retries;
 use crate::task_loop::{
-    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle, idle_since, pause_after_error, retry_delay_ms,
+    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle_since, pause_after_error, retry_delay_ms,
     supervise,
 };
 use crate::worker::Shared;
@@ -500,6 +500,7 @@ async fn on_fail_loop(shared: Arc<Shared>, flow: Arc<str>, call: FlowOnFailFn, o
         while executions.try_join_next().is_some() {}
 
         let lease_ms = shared.lease_ms();
+        let seen = shared.registry.waker("ff", &flow).wakes();
         let rows = match shared
             .pool
             .query_rows(sql::CLAIM_FLOW_ON_FAIL, &[&&*flow, &quantity, &lease_ms])
@@ -519,7 +520,7 @@ async fn on_fail_loop(shared: Arc<Shared>, flow: Arc<str>, call: FlowOnFailFn, o
             }
         };
         if rows.is_empty() {
-            if idle(&shared, "ff", &flow, IDLE_POLL_ON_FAIL).await {
+            if idle_since(&shared, "ff", &flow, seen, IDLE_POLL_ON_FAIL).await {
                 continue;
             }
             break;

@@ -103,17 +103,6 @@ pub(crate) fn spawn(shared: &Arc<Shared>, handler: TaskHandler, loops: &mut Join
     }
 }
 
-/// Waits for a wake-up, the fallback delay or shutdown. Returns false on
-/// shutdown.
-pub(crate) async fn idle(shared: &Shared, kind: &str, name: &str, fallback: Duration) -> bool {
-    let waker = shared.registry.waker(kind, name);
-    tokio::select! {
-        () = waker.woken() => true,
-        () = tokio::time::sleep(fallback) => true,
-        () = shared.shutdown.cancelled() => false,
-    }
-}
-
 /// Waits until a wake-up newer than the count `seen` (read from the loop's
 /// waker before its last claim started), the fallback delay or shutdown.
 /// Returns false on shutdown. Wake-ups the claim's snapshot already covered
@@ -955,6 +944,7 @@ async fn on_fail_loop(shared: Arc<Shared>, handler: Arc<OnFailHandler>) {
         while executions.try_join_next().is_some() {}
 
         let lease_ms = shared.lease_ms();
+        let seen = shared.registry.waker("tf", &handler.name).wakes();
         let rows = match shared
             .pool
             .query_rows(
@@ -977,7 +967,7 @@ async fn on_fail_loop(shared: Arc<Shared>, handler: Arc<OnFailHandler>) {
             }
         };
         if rows.is_empty() {
-            if idle(&shared, "tf", &handler.name, IDLE_POLL_ON_FAIL).await {
+            if idle_since(&shared, "tf", &handler.name, seen, IDLE_POLL_ON_FAIL).await {
                 continue;
             }
             break;

@@ -45,12 +45,13 @@ impl LoopWaker {
         self.notify.notify_one();
     }
 
-    /// How many wake-ups the loop got so far. A claim reads it before it
-    /// starts: when the count changed by the time the claim came back short,
-    /// work may have arrived after the claim's snapshot, so the loop claims
-    /// again instead of waiting. The stored permit of [`LoopWaker::woken`]
-    /// is not enough when two claims overlap: the first to come back may
-    /// use it up while the second still runs on an older snapshot.
+    /// Returns how many wake-ups the loop got so far. A claim reads it
+    /// before it starts. When the count changed by the time the claim came
+    /// back short, work may have arrived after the claim's snapshot, so the
+    /// loop claims again instead of waiting. The stored permit of
+    /// [`LoopWaker::woken`] is not enough when two claims overlap, because
+    /// the first to come back may use it up while the second still runs on
+    /// an older snapshot.
     pub(crate) fn wakes(&self) -> u64 {
         self.wakes.load(Ordering::Acquire)
     }
@@ -146,8 +147,8 @@ impl Registry {
         }
     }
 
-    /// How many cancellations without a tracked handler the worker heard
-    /// so far. A claim reads it before its statement and passes it to
+    /// Returns how many cancellations without a tracked handler the worker
+    /// heard so far. A claim reads it before its statement and passes it to
     /// [`Registry::track_claimed`].
     pub(crate) fn cancellations_heard(&self) -> u64 {
         self.canceled_untracked
@@ -537,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cancellation_heard_before_the_claim_registered_still_fires() {
+    fn cancel_during_claim_fires_token() {
         let registry = Registry::default();
         let since = registry.cancellations_heard();
         registry.dispatch("tx|echo|9");
@@ -549,7 +550,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cancellation_heard_before_the_claim_started_is_ignored() {
+    fn cancel_before_claim_is_ignored() {
         // A recreated task numbers its runs from 1 again: an old
         // cancellation of run 9 must not cancel the new run 9.
         let registry = Registry::default();
@@ -561,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_cancellation_fires_once() {
+    fn stored_cancel_fires_once() {
         let registry = Registry::default();
         let since = registry.cancellations_heard();
         registry.dispatch("tx|echo|9");
