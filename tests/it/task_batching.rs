@@ -306,9 +306,9 @@ async fn waiter_waits_for_pending_completion() -> anyhow::Result<()> {
     let ids = run_ids(&client, "watched", 1).await;
     claim(&client, "watched", 1, 60_000).await;
 
-    // A completion in progress holds the run until it commits; a waiter
-    // registering meanwhile returns only after that commit, so its next
-    // read sees the output.
+    // A completion in progress keeps the run locked until it commits. A
+    // waiter registering meanwhile returns only after that commit, so its
+    // next read returns the output.
     let mut worker = db.connect().await;
     let completion = worker.transaction().await?;
     completion

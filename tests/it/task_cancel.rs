@@ -149,9 +149,9 @@ async fn start_polling(
     (shutdown, handle)
 }
 
-/// A handler for the waiting-run tests: "blocker" holds the only slot until
-/// `gate` fires; "victim" records whether its token fired (waiting for it
-/// up to the deadline); every run records its label.
+/// Builds the handler of the waiting-run tests. "blocker" occupies the only
+/// slot until `gate` fires, "victim" records whether its token fired
+/// (waiting for it up to the deadline), and every run records its label.
 fn gated_handler(gate: &CancellationToken, seen: &Log<(String, bool)>) -> TaskHandler {
     let gate = gate.clone();
     let seen = seen.clone();
@@ -240,8 +240,8 @@ async fn cancel_waiting_claimed_run_skips_it() -> anyhow::Result<()> {
 async fn notified_cancel_reaches_waiting_run() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     // A listening worker learns of the cancellation from its notification.
-    // The victim is skipped when the notification arrived before its start;
-    // a start that beats the notification by a moment still has its token
+    // The victim is skipped when the notification arrived before its start.
+    // A start that beats the notification by a moment still has its token
     // fired, and its result is discarded either way.
     let seen = cancel_while_waiting(&db, true).await?;
     let labels: Vec<&str> = seen.iter().map(|(label, _)| label.as_str()).collect();
@@ -458,7 +458,7 @@ async fn cancel_stamped_after_claim_start() -> anyhow::Result<()> {
         .await?
         .get(0);
 
-    // A claimer holds the run's row when the cancellation starts.
+    // A claimer has locked the run's row when the cancellation starts.
     let mut claimer = db.connect().await;
     let claim = claimer.transaction().await?;
     claim

@@ -105,10 +105,10 @@ pub(crate) fn spawn(shared: &Arc<Shared>, handler: TaskHandler, loops: &mut Join
 
 /// Waits until a wake-up newer than the count `seen` (read from the loop's
 /// waker before its last claim started), the fallback delay or shutdown.
-/// Returns false on shutdown. Wake-ups the claim's snapshot already covered
-/// are ignored, so a loop whose claim took the announced work does not
-/// claim again only to find nothing; a wake-up that came while the claim
-/// ran ends the wait at once, since its work may postdate the snapshot.
+/// Returns false on shutdown. Wake-ups that the claim's snapshot already
+/// covered are ignored, so a claim that took the announced work is not
+/// followed by one that finds nothing. A wake-up that came while the claim
+/// ran ends the wait at once, because its work may postdate the snapshot.
 pub(crate) async fn idle_since(
     shared: &Shared,
     kind: &str,
@@ -591,11 +591,11 @@ async fn attempt_run(shared: &Shared, handler: &RunHandler, run: ClaimedRun) -> 
     }
 }
 
-/// Whether a run about to start must have its status re-read: it waited
-/// for an execution slot, so it may have been canceled meanwhile, no
-/// cancellation notification is sure to have reached it (the worker did not
-/// listen from its claim on), and no read of the last 20 ms already covered
-/// it.
+/// Returns whether a run about to start must have its status re-read. That
+/// is so when it waited for an execution slot (it may have been canceled
+/// meanwhile), the worker has not listened on one connection since its
+/// claim (a cancellation notification may have been missed), and no read of
+/// the last 20 ms covered it.
 fn needs_status_check(shared: &Shared, run: &ClaimedRun) -> bool {
     let notified =
         shared.registry.is_listening() && run.listened_on == Some(shared.registry.connections());

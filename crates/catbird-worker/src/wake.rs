@@ -99,8 +99,8 @@ pub(crate) struct Registry {
     running: Mutex<HashMap<(String, i64), CancellationToken>>,
     /// Cancellations that found no tracked handler. A claim registers its
     /// runs' tokens only after its statement returned, so a cancellation
-    /// that commits right after the claim can arrive first; the claim then
-    /// finds it here. Locked after `running`, never before.
+    /// that commits right after the claim can arrive first. The claim then
+    /// finds it here. This lock is taken after `running`, never before.
     canceled_untracked: Mutex<RecentIds>,
     /// Running steps per flow run: (flow, run id) -> step run id -> token.
     running_steps: Mutex<HashMap<(String, i64), HashMap<i64, CancellationToken>>>,
@@ -335,8 +335,8 @@ impl RecentIds {
         }
     }
 
-    /// Whether `key` was canceled after the `since`-th stored cancellation.
-    /// A key heard once is forgotten here, so it never fires twice.
+    /// Returns whether `key` was canceled after the `since`-th stored
+    /// cancellation, and forgets it then, so it never fires twice.
     fn take_after(&mut self, key: &(String, i64), since: u64) -> bool {
         match self.heard.get(key) {
             Some(&number) if number > since => {
