@@ -26,6 +26,24 @@ pub(crate) async fn unfinished_task_runs(pool: &Pool, task: &str) -> anyhow::Res
     .await
 }
 
+/// Returns the id of the oldest queued or started run of a task, with one
+/// probe of the claim index.
+pub(crate) async fn oldest_unfinished_task_run(
+    pool: &Pool,
+    task: &str,
+) -> anyhow::Result<Option<i64>> {
+    let row = pool
+        .query_opt_row(
+            &format!(
+                "SELECT id FROM cb_t_{task} WHERE status IN ('queued', 'started') \
+                 ORDER BY priority DESC, id LIMIT 1"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
 /// Counts the completed runs of a flow.
 pub(crate) async fn completed_flow_runs(pool: &Pool, flow: &str) -> anyhow::Result<u64> {
     count(

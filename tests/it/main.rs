@@ -33,4 +33,5 @@ mod task_retries;
 mod task_sql_api;
 mod task_support;
 mod tasks;
+mod vacuum;
 mod worker_lifecycle;

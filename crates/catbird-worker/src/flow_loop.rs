@@ -420,6 +420,9 @@ async fn record(shared: &Shared, handler: &StepLoop, id: i64, attempt: i32, outc
             .await;
             match result {
                 Ok(rows) if rows.first().is_some_and(|row| row.get::<_, bool>(0)) => {
+                    shared
+                        .vacuums
+                        .record(&shared.pool, &format!("cb_s_{flow}"), 1);
                     tracing::debug!(flow, step, step.run_id = id, attempt, "step completed");
                 }
                 Ok(_) => tracing::debug!(

@@ -380,7 +380,12 @@ async fn write_completions(
         })
         .await;
         let recorded: HashSet<i64> = match result {
-            Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+            Ok(rows) => {
+                shared
+                    .vacuums
+                    .record(&shared.pool, &format!("cb_m_{flow}"), rows.len());
+                rows.iter().map(|row| row.get(0)).collect()
+            }
             Err(error) => {
                 tracing::error!(flow = %flow, count = ids.len(), %error,
                     "could not record item completions; the items run again after their lease");

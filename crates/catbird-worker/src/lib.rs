@@ -50,6 +50,7 @@ mod options;
 mod retry;
 mod task;
 mod task_loop;
+mod vacuum;
 mod wake;
 mod worker;
 

@@ -839,6 +839,9 @@ async fn write_completions(shared: &Shared, handler: &RunHandler, finished: Vec<
     .await;
     match result {
         Ok(rows) => {
+            shared
+                .vacuums
+                .record(&shared.pool, &format!("cb_t_{name}"), rows.len());
             let completed: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
             for (id, attempt) in ids.iter().zip(&attempts) {
                 if completed.contains(id) {
@@ -891,7 +894,10 @@ async fn write_failures(shared: &Shared, handler: &RunHandler, finished: Vec<Fin
     })
     .await;
     match result {
-        Ok(_) => {
+        Ok(rows) => {
+            shared
+                .vacuums
+                .record(&shared.pool, &format!("cb_t_{name}"), rows.len());
             let waker = shared.registry.waker("t", name);
             for (((id, attempt), message), delay) in
                 ids.iter().zip(&attempts).zip(&messages).zip(&delays)

@@ -1,0 +1,223 @@
+//! Vacuuming of the tables a worker churns.
+//!
+//! Every claim and completion of a run leaves a dead row version and dead
+//! index entries behind. Those entries gather at the head of the claim
+//! index, where every claim starts to scan, and autovacuum's launcher visits
+//! a database at most once per `autovacuum_naptime` (a minute by default).
+//! Over that minute a busy task's claims slow down severalfold. A worker
+//! therefore vacuums a table itself once it has finished enough runs in it:
+//! the `VACUUM` removes the dead entries and the emptied index pages, and
+//! claims are fast again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+/// How many runs a worker finishes in a table before it vacuums it.
+const MIN_CHANGES: u64 = 5_000;
+
+/// The shortest time between two vacuums of one table by one worker.
+const MIN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A vacuum waits at least this many times its previous duration after it,
+/// so vacuuming takes at most about 5 % of the time of one connection.
+const COST_FACTOR: u32 = 20;
+
+/// The vacuums of one worker.
+pub(crate) struct Vacuums {
+    enabled: bool,
+    /// Set once the worker stops: no vacuum starts after it.
+    closed: AtomicBool,
+    state: Arc<Mutex<HashMap<String, TableState>>>,
+    running: Mutex<JoinSet<()>>,
+}
+
+/// The vacuum state of one table in one worker.
+struct TableState {
+    /// Runs finished since the last vacuum started.
+    changes: u64,
+    /// When the last vacuum ended, or when the worker first wrote here.
+    last_end: Instant,
+    /// How long the last vacuum took.
+    last_cost: Duration,
+    /// A vacuum of this table is running.
+    busy: bool,
+    /// Whether the worker's role may vacuum the table, `None` until checked.
+    allowed: Option<bool>,
+}
+
+/// Returns whether a table is due for a vacuum.
+fn due(changes: u64, since_last: Duration, last_cost: Duration) -> bool {
+    changes >= MIN_CHANGES && since_last >= MIN_INTERVAL.max(last_cost * COST_FACTOR)
+}
+
+/// Quotes a table name as an SQL identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Asks whether the current role may vacuum `table`: its owner, a member
+/// of the owner's role, the database owner or a superuser.
+const MAY_VACUUM: &str = "\
+SELECT coalesce(pg_has_role(c.relowner, 'USAGE'), false)
+    OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+FROM pg_class c WHERE c.oid = to_regclass($1)";
+
+impl Vacuums {
+    /// Vacuums for a worker; `enabled` false makes [`Vacuums::record`] a
+    /// no-op.
+    pub(crate) fn new(enabled: bool) -> Self {
+        Vacuums {
+            enabled,
+            closed: AtomicBool::new(false),
+            state: Arc::new(Mutex::new(HashMap::new())),
+            running: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Counts `changes` runs finished in `table` and starts a vacuum of it
+    /// in the background when it is due. Never waits.
+    pub(crate) fn record(&self, pool: &deadpool_postgres::Pool, table: &str, changes: usize) {
+        if !self.enabled || changes == 0 || self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let start = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let now = Instant::now();
+            let entry = state.entry(table.to_owned()).or_insert(TableState {
+                changes: 0,
+                last_end: now,
+                last_cost: Duration::ZERO,
+                busy: false,
+                allowed: None,
+            });
+            entry.changes += changes as u64;
+            let start = !entry.busy
+                && entry.allowed != Some(false)
+                && due(entry.changes, now - entry.last_end, entry.last_cost);
+            if start {
+                entry.busy = true;
+                entry.changes = 0;
+            }
+            start.then_some(entry.allowed)
+        };
+        let Some(allowed) = start else {
+            return;
+        };
+        let state = self.state.clone();
+        let pool = pool.clone();
+        let table = table.to_owned();
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while running.try_join_next().is_some() {}
+        running.spawn(async move {
+                let started = Instant::now();
+                let outcome = vacuum(&pool, &table, allowed).await;
+                let cost = started.elapsed();
+                let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let Some(entry) = state.get_mut(&table) else {
+                    return;
+                };
+                entry.busy = false;
+                entry.last_end = Instant::now();
+                entry.last_cost = cost;
+                match outcome {
+                    Ok(true) => {
+                        entry.allowed = Some(true);
+                        tracing::debug!(table = %table, elapsed_ms = cost.as_millis(), "vacuumed a busy table");
+                    }
+                    Ok(false) => {
+                        entry.allowed = Some(false);
+                        tracing::info!(table = %table,
+                            "the worker's role may not vacuum this table; autovacuum alone cleans it up");
+                    }
+                    Err(error) => {
+                        tracing::warn!(table = %table, %error, "could not vacuum a busy table");
+                    }
+                }
+            });
+    }
+
+    /// Starts no more vacuums and waits for the ones still running.
+    pub(crate) async fn finish(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let mut running = std::mem::take(
+            &mut *self
+                .running
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// Vacuums `table` unless another vacuum is running on it. Returns false,
+/// without vacuuming, when the role may not vacuum it.
+async fn vacuum(
+    pool: &deadpool_postgres::Pool,
+    table: &str,
+    allowed: Option<bool>,
+) -> Result<bool, String> {
+    let client = pool.get().await.map_err(|error| error.to_string())?;
+    if allowed.is_none() {
+        let row = client
+            .query_opt(MAY_VACUUM, &[&table])
+            .await
+            .map_err(|error| error.to_string())?;
+        let may = row.and_then(|row| row.get::<_, Option<bool>>(0));
+        if may != Some(true) {
+            return Ok(false);
+        }
+    }
+    // SKIP_LOCKED: another worker's vacuum of the table does the same job.
+    client
+        .batch_execute(&format!(
+            "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) {}",
+            quote_identifier(table)
+        ))
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_changes_are_never_due() {
+        assert!(!due(
+            MIN_CHANGES - 1,
+            Duration::from_secs(3600),
+            Duration::ZERO
+        ));
+    }
+
+    #[test]
+    fn vacuums_wait_the_minimum_interval() {
+        assert!(!due(MIN_CHANGES, Duration::from_secs(1), Duration::ZERO));
+        assert!(due(MIN_CHANGES, MIN_INTERVAL, Duration::ZERO));
+    }
+
+    #[test]
+    fn slow_vacuums_space_out() {
+        let cost = Duration::from_millis(500);
+        assert!(!due(MIN_CHANGES * 10, Duration::from_secs(9), cost));
+        assert!(due(MIN_CHANGES * 10, Duration::from_secs(10), cost));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("cb_t_send"), "\"cb_t_send\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+}
