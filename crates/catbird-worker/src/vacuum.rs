@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// How many runs a worker finishes in a table before it vacuums it.
 const MIN_CHANGES: u64 = 5_000;
@@ -31,6 +32,8 @@ pub(crate) struct Vacuums {
     enabled: bool,
     /// Set once the worker stops: no vacuum starts after it.
     closed: AtomicBool,
+    /// Fires once the worker stops: running vacuums are cancelled.
+    stop: CancellationToken,
     state: Arc<Mutex<HashMap<String, TableState>>>,
     running: Mutex<JoinSet<()>>,
 }
@@ -68,19 +71,20 @@ SELECT coalesce(pg_has_role(c.relowner, 'USAGE'), false)
 FROM pg_class c WHERE c.oid = to_regclass($1)";
 
 impl Vacuums {
-    /// Vacuums for a worker; `enabled` false makes [`Vacuums::record`] a
-    /// no-op.
+    /// Creates the vacuums of a worker. With `enabled` false,
+    /// [`Vacuums::record`] does nothing.
     pub(crate) fn new(enabled: bool) -> Self {
         Vacuums {
             enabled,
             closed: AtomicBool::new(false),
+            stop: CancellationToken::new(),
             state: Arc::new(Mutex::new(HashMap::new())),
             running: Mutex::new(JoinSet::new()),
         }
     }
 
     /// Counts `changes` runs finished in `table` and starts a vacuum of it
-    /// in the background when it is due. Never waits.
+    /// in the background when it is due. It does not wait for the vacuum.
     pub(crate) fn record(&self, pool: &deadpool_postgres::Pool, table: &str, changes: usize) {
         if !self.enabled || changes == 0 || self.closed.load(Ordering::Relaxed) {
             return;
@@ -114,6 +118,7 @@ impl Vacuums {
         let state = self.state.clone();
         let pool = pool.clone();
         let table = table.to_owned();
+        let stop = self.stop.clone();
         let mut running = self
             .running
             .lock()
@@ -121,7 +126,7 @@ impl Vacuums {
         while running.try_join_next().is_some() {}
         running.spawn(async move {
                 let started = Instant::now();
-                let outcome = vacuum(&pool, &table, allowed).await;
+                let outcome = vacuum(&pool, &table, allowed, &stop).await;
                 let cost = started.elapsed();
                 let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let Some(entry) = state.get_mut(&table) else {
@@ -131,14 +136,19 @@ impl Vacuums {
                 entry.last_end = Instant::now();
                 entry.last_cost = cost;
                 match outcome {
-                    Ok(true) => {
+                    Ok(Outcome::Vacuumed) => {
                         entry.allowed = Some(true);
                         tracing::debug!(table = %table, elapsed_ms = cost.as_millis(), "vacuumed a busy table");
                     }
-                    Ok(false) => {
+                    Ok(Outcome::NotAllowed) => {
                         entry.allowed = Some(false);
                         tracing::info!(table = %table,
                             "the worker's role may not vacuum this table; autovacuum alone cleans it up");
+                    }
+                    Ok(Outcome::Cancelled(reason)) => {
+                        entry.allowed = Some(true);
+                        tracing::info!(table = %table, reason, elapsed_ms = cost.as_millis(),
+                            "cancelled the vacuum of a busy table");
                     }
                     Err(error) => {
                         tracing::warn!(table = %table, %error, "could not vacuum a busy table");
@@ -147,9 +157,11 @@ impl Vacuums {
             });
     }
 
-    /// Starts no more vacuums and waits for the ones still running.
+    /// Starts no more vacuums, cancels the running ones and waits for them
+    /// to end.
     pub(crate) async fn finish(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        self.stop.cancel();
         let mut running = std::mem::take(
             &mut *self
                 .running
@@ -160,33 +172,122 @@ impl Vacuums {
     }
 }
 
-/// Vacuums `table` unless another vacuum is running on it. Returns false,
-/// without vacuuming, when the role may not vacuum it.
+/// The end of one vacuum of one table.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The table was vacuumed, or skipped because another vacuum held it.
+    Vacuumed,
+    /// The worker's role may not vacuum the table; nothing was done.
+    NotAllowed,
+    /// The vacuum was cancelled: a session waited for a lock on the table,
+    /// the worker stopped, or the vacuum ran past [`MAX_DURATION`].
+    Cancelled(&'static str),
+}
+
+/// How often a running vacuum checks for sessions waiting on the table.
+const WAITER_CHECK: Duration = Duration::from_millis(200);
+
+/// How long a vacuum may run before the worker cancels it. A B-tree vacuum
+/// waits without limit for a page another session keeps pinned, for
+/// example through an open cursor.
+const MAX_DURATION: Duration = Duration::from_secs(60);
+
+/// Counts the sessions waiting for a lock on a table.
+const LOCK_WAITERS: &str =
+    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)";
+
+/// Vacuums `table`, unless another vacuum is running on it.
+///
+/// A running vacuum gives way as autovacuum does: when a session waits for
+/// a lock on the table (a `DROP TABLE` from `cb_delete_task`, say), the
+/// worker cancels its vacuum, because every later statement on the table
+/// would queue behind that session. It also cancels it when `stop` fires
+/// or after [`MAX_DURATION`]. The cancellation goes through another pooled
+/// connection with `pg_cancel_backend`, which works whatever TLS the pool
+/// uses, and the vacuum's connection returns to the pool only once its
+/// statement has ended.
 async fn vacuum(
     pool: &deadpool_postgres::Pool,
     table: &str,
     allowed: Option<bool>,
-) -> Result<bool, String> {
+    stop: &CancellationToken,
+) -> Result<Outcome, String> {
     let client = pool.get().await.map_err(|error| error.to_string())?;
     if allowed.is_none() {
         let row = client
             .query_opt(MAY_VACUUM, &[&table])
             .await
             .map_err(|error| error.to_string())?;
-        let may = row.and_then(|row| row.get::<_, Option<bool>>(0));
-        if may != Some(true) {
-            return Ok(false);
+        let Some(row) = row else {
+            return Err("the table does not exist".to_owned());
+        };
+        if row.get::<_, Option<bool>>(0) != Some(true) {
+            return Ok(Outcome::NotAllowed);
         }
     }
-    // SKIP_LOCKED: another worker's vacuum of the table does the same job.
-    client
-        .batch_execute(&format!(
-            "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) {}",
-            quote_identifier(table)
-        ))
+
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
         .await
-        .map_err(|error| error.to_string())?;
-    Ok(true)
+        .map_err(|error| error.to_string())?
+        .get(0);
+    // TRUNCATE false: truncating the table's empty tail would take an
+    // exclusive lock on a table that claims and completions use all the
+    // time. SKIP_LOCKED: another vacuum of the table does the same job.
+    let statement = format!(
+        "VACUUM (INDEX_CLEANUP ON, TRUNCATE false, SKIP_LOCKED) {}",
+        quote_identifier(table)
+    );
+
+    let run = client.batch_execute(&statement);
+    tokio::pin!(run);
+    let deadline = tokio::time::sleep(MAX_DURATION);
+    tokio::pin!(deadline);
+    let mut check =
+        tokio::time::interval_at(tokio::time::Instant::now() + WAITER_CHECK, WAITER_CHECK);
+    let reason = loop {
+        tokio::select! {
+            result = &mut run => {
+                result.map_err(|error| error.to_string())?;
+                return Ok(Outcome::Vacuumed);
+            }
+            () = stop.cancelled() => break "the worker stopped",
+            () = &mut deadline => break "the vacuum ran too long",
+            _ = check.tick() => {
+                if lock_waiters(pool, table).await > 0 {
+                    break "a session waited for a lock on the table";
+                }
+            }
+        }
+    };
+
+    match pool.get().await {
+        Ok(other) => {
+            if let Err(error) = other
+                .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+                .await
+            {
+                tracing::warn!(table = %table, %error, "could not cancel a vacuum");
+            }
+        }
+        Err(error) => tracing::warn!(table = %table, %error, "could not cancel a vacuum"),
+    }
+    // The statement ends with a cancellation error, or on its own if it
+    // finished first.
+    let _ = run.await;
+    Ok(Outcome::Cancelled(reason))
+}
+
+/// Returns how many sessions wait for a lock on `table`, 0 when that cannot
+/// be read.
+async fn lock_waiters(pool: &deadpool_postgres::Pool, table: &str) -> i64 {
+    let Ok(client) = pool.get().await else {
+        return 0;
+    };
+    client
+        .query_one(LOCK_WAITERS, &[&table])
+        .await
+        .map_or(0, |row| row.get(0))
 }
 
 #[cfg(test)]
