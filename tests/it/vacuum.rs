@@ -7,6 +7,7 @@
 //! waits without limit for a page another session keeps pinned. An open
 //! cursor over an index-only scan keeps such a pin between fetches.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use catbird_core::Client;
@@ -33,6 +34,26 @@ async fn manual_vacuums(db: &TestDb, table: &str) -> i64 {
         .await
         .expect("read the table's statistics")
         .map_or(0, |row| row.get(0))
+}
+
+/// Calls `feed` until `table` has had a manual vacuum, and returns the sum
+/// of the counts `feed` returned: the runs, steps or items it finished.
+async fn feed_until_vacuumed<F, Fut>(db: &TestDb, table: &str, mut feed: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = usize>,
+{
+    let started = Instant::now();
+    let mut finished = 0;
+    while manual_vacuums(db, table).await == 0 {
+        assert!(
+            started.elapsed() < FEED_DEADLINE,
+            "no vacuum of {table} after {finished} finished in {:?}",
+            started.elapsed()
+        );
+        finished += feed().await;
+    }
+    finished
 }
 
 fn noop_task(name: &str) -> TaskHandler {
@@ -69,17 +90,11 @@ async fn busy_task_table_gets_vacuumed() {
     let db = TestDb::new().await;
     let worker = start(&db, Worker::new(db.pool.clone()).task(noop_task("busy"))).await;
 
-    let started = Instant::now();
-    let mut finished = 0;
-    while manual_vacuums(&db, "cb_t_busy").await == 0 {
-        assert!(
-            started.elapsed() < FEED_DEADLINE,
-            "no vacuum after {finished} runs in {:?}",
-            started.elapsed()
-        );
+    let finished = feed_until_vacuumed(&db, "cb_t_busy", || async {
         run_wave(&db, "busy", 1_000).await;
-        finished += 1_000;
-    }
+        1_000
+    })
+    .await;
     // A vacuum needs 5,000 finished runs and 2 s since the worker's first
     // write to the table.
     assert!(finished >= 5_000, "vacuumed after only {finished} runs");
@@ -124,20 +139,18 @@ async fn busy_map_item_table_gets_vacuumed() -> anyhow::Result<()> {
 
     let items: Vec<i64> = (0..1_000).collect();
     let expected: Vec<i64> = items.iter().map(|item| item * 2).collect();
-    let started = Instant::now();
-    let mut finished = 0;
-    while manual_vacuums(&db, "cb_m_wide").await == 0 {
-        assert!(
-            started.elapsed() < FEED_DEADLINE,
-            "no vacuum after {finished} items in {:?}",
-            started.elapsed()
-        );
+    let finished = feed_until_vacuumed(&db, "cb_m_wide", || async {
         let run = client
             .run_flow("wide", &items, RunFlowOpts::default())
-            .await?;
-        assert_eq!(output_of(&client, &run).await?, json!(expected));
-        finished += items.len();
-    }
+            .await
+            .expect("start a flow run");
+        let output = output_of(&client, &run)
+            .await
+            .expect("the flow run completes");
+        assert_eq!(output, json!(expected));
+        items.len()
+    })
+    .await;
     assert!(finished >= 5_000, "vacuumed after only {finished} items");
     worker.stop().await;
     Ok(())
@@ -156,22 +169,16 @@ async fn busy_step_table_gets_vacuumed() -> anyhow::Result<()> {
     client.create_flow(flow.definition()).await?;
     let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
-    let started = Instant::now();
-    let mut finished = 0;
-    while manual_vacuums(&db, "cb_s_short").await == 0 {
-        assert!(
-            started.elapsed() < FEED_DEADLINE,
-            "no vacuum after {finished} steps in {:?}",
-            started.elapsed()
-        );
-        let pooled = db.pool.get().await?;
+    let pooled = db.pool.get().await?;
+    let finished = feed_until_vacuumed(&db, "cb_s_short", || async {
         pooled
             .execute(
                 "SELECT count(cb_run_flow(name => 'short', input => to_jsonb(i))) \
                  FROM generate_series(1, 500) AS i",
                 &[],
             )
-            .await?;
+            .await
+            .expect("start 500 flow runs");
         wait_for(
             "the flow runs to finish",
             Duration::from_secs(60),
@@ -187,8 +194,9 @@ async fn busy_step_table_gets_vacuumed() -> anyhow::Result<()> {
             },
         )
         .await;
-        finished += 500;
-    }
+        500
+    })
+    .await;
     assert!(finished >= 5_000, "vacuumed after only {finished} steps");
     worker.stop().await;
     Ok(())
