@@ -10,7 +10,6 @@
 //! claims are fast again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,9 +29,8 @@ const COST_FACTOR: u32 = 20;
 /// The vacuums of one worker.
 pub(crate) struct Vacuums {
     enabled: bool,
-    /// Set once the worker stops: no vacuum starts after it.
-    closed: AtomicBool,
-    /// Fires once the worker stops: running vacuums are cancelled.
+    /// Fires once the worker stops: running vacuums are cancelled and no
+    /// new one starts.
     stop: CancellationToken,
     state: Arc<Mutex<HashMap<String, TableState>>>,
     running: Mutex<JoinSet<()>>,
@@ -76,7 +74,6 @@ impl Vacuums {
     pub(crate) fn new(enabled: bool) -> Self {
         Vacuums {
             enabled,
-            closed: AtomicBool::new(false),
             stop: CancellationToken::new(),
             state: Arc::new(Mutex::new(HashMap::new())),
             running: Mutex::new(JoinSet::new()),
@@ -86,7 +83,7 @@ impl Vacuums {
     /// Counts `changes` runs finished in `table` and starts a vacuum of it
     /// in the background when it is due. It does not wait for the vacuum.
     pub(crate) fn record(&self, pool: &deadpool_postgres::Pool, table: &str, changes: usize) {
-        if !self.enabled || changes == 0 || self.closed.load(Ordering::Relaxed) {
+        if !self.enabled || changes == 0 || self.stop.is_cancelled() {
             return;
         }
         let start = {
@@ -115,52 +112,23 @@ impl Vacuums {
         let Some(allowed) = start else {
             return;
         };
-        let state = self.state.clone();
-        let pool = pool.clone();
-        let table = table.to_owned();
-        let stop = self.stop.clone();
         let mut running = self
             .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         while running.try_join_next().is_some() {}
-        running.spawn(async move {
-                let started = Instant::now();
-                let outcome = vacuum(&pool, &table, allowed, &stop).await;
-                let cost = started.elapsed();
-                let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let Some(entry) = state.get_mut(&table) else {
-                    return;
-                };
-                entry.busy = false;
-                entry.last_end = Instant::now();
-                entry.last_cost = cost;
-                match outcome {
-                    Ok(Outcome::Vacuumed) => {
-                        entry.allowed = Some(true);
-                        tracing::debug!(table = %table, elapsed_ms = cost.as_millis(), "vacuumed a busy table");
-                    }
-                    Ok(Outcome::NotAllowed) => {
-                        entry.allowed = Some(false);
-                        tracing::info!(table = %table,
-                            "the worker's role may not vacuum this table; autovacuum alone cleans it up");
-                    }
-                    Ok(Outcome::Cancelled(reason)) => {
-                        entry.allowed = Some(true);
-                        tracing::info!(table = %table, reason, elapsed_ms = cost.as_millis(),
-                            "cancelled the vacuum of a busy table");
-                    }
-                    Err(error) => {
-                        tracing::warn!(table = %table, %error, "could not vacuum a busy table");
-                    }
-                }
-            });
+        running.spawn(vacuum_and_record(
+            self.state.clone(),
+            pool.clone(),
+            table.to_owned(),
+            allowed,
+            self.stop.clone(),
+        ));
     }
 
     /// Starts no more vacuums, cancels the running ones and waits for them
     /// to end.
     pub(crate) async fn finish(&self) {
-        self.closed.store(true, Ordering::Relaxed);
         self.stop.cancel();
         let mut running = std::mem::take(
             &mut *self
@@ -169,6 +137,48 @@ impl Vacuums {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
         while running.join_next().await.is_some() {}
+    }
+}
+
+/// Vacuums `table` and records the outcome and its duration in `state`.
+async fn vacuum_and_record(
+    state: Arc<Mutex<HashMap<String, TableState>>>,
+    pool: deadpool_postgres::Pool,
+    table: String,
+    allowed: Option<bool>,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
+    let outcome = vacuum(&pool, &table, allowed, &stop).await;
+    let cost = started.elapsed();
+
+    let mut state = state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(entry) = state.get_mut(&table) else {
+        return;
+    };
+    entry.busy = false;
+    entry.last_end = Instant::now();
+    entry.last_cost = cost;
+    match outcome {
+        Ok(Outcome::Vacuumed) => {
+            entry.allowed = Some(true);
+            tracing::debug!(table = %table, elapsed_ms = cost.as_millis(), "vacuumed a busy table");
+        }
+        Ok(Outcome::NotAllowed) => {
+            entry.allowed = Some(false);
+            tracing::info!(table = %table,
+                "the worker's role may not vacuum this table; autovacuum alone cleans it up");
+        }
+        Ok(Outcome::Cancelled(reason)) => {
+            entry.allowed = Some(true);
+            tracing::info!(table = %table, reason, elapsed_ms = cost.as_millis(),
+                "cancelled the vacuum of a busy table");
+        }
+        Err(error) => {
+            tracing::warn!(table = %table, %error, "could not vacuum a busy table");
+        }
     }
 }
 
