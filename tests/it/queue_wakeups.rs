@@ -1,4 +1,5 @@
-//! Wake-up notifications that sends issue on the installation's channel.
+//! Wake-up notifications that sends issue on the installation's channel,
+//! only for queues a listener asked about with `cb_request_wake`.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::helpers::{db_now, db_with_queue};
 
 /// A session listening on the wake-up channel, and the payloads it receives.
 struct Listener {
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
     payloads: mpsc::UnboundedReceiver<String>,
 }
 
@@ -44,10 +45,15 @@ impl Listener {
             .batch_execute(&format!("LISTEN \"{channel}\""))
             .await
             .expect("listen");
-        Listener {
-            _client: client,
-            payloads,
-        }
+        Listener { client, payloads }
+    }
+
+    /// Asks for a notification about the next message of `queue`.
+    async fn request(&self, queue: &str) {
+        self.client
+            .execute("SELECT cb_request_wake(kind => 'q', name => $1)", &[&queue])
+            .await
+            .expect("request a wake-up");
     }
 
     async fn next(&mut self) -> String {
@@ -59,9 +65,10 @@ impl Listener {
 }
 
 #[tokio::test]
-async fn send_notifies_wake_channel() -> anyhow::Result<()> {
+async fn send_notifies_a_requesting_listener() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("wake_q").await;
     let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
 
     client
         .send("wake_q", &json!(1), SendOpts::default())
@@ -78,6 +85,8 @@ async fn send_many_notifies_once() -> anyhow::Result<()> {
         .create_queue("marker", CreateQueueOpts::default())
         .await?;
     let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
+    listener.request("marker").await;
 
     client
         .send_many("wake_q", &[1, 2, 3], SendManyOpts::default())
@@ -99,6 +108,7 @@ async fn send_many_notifies_once() -> anyhow::Result<()> {
 async fn delayed_send_wakeup_carries_visible_time() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("wake_q").await;
     let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
     let visible_at = db_now(&db.pool).await + TimeDelta::minutes(5);
 
     client
@@ -129,6 +139,8 @@ async fn rolled_back_send_notifies_nobody() -> anyhow::Result<()> {
         .create_queue("marker", CreateQueueOpts::default())
         .await?;
     let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
+    listener.request("marker").await;
 
     let mut connection = db.pool.get().await?;
     let transaction = connection.transaction().await?;
@@ -137,11 +149,19 @@ async fn rolled_back_send_notifies_nobody() -> anyhow::Result<()> {
     client
         .send("marker", &json!(1), SendOpts::default())
         .await?;
+    client
+        .send("wake_q", &json!(2), SendOpts::default())
+        .await?;
 
     assert_eq!(
         listener.next().await,
         "q|marker|",
         "the first wake-up comes from the committed send"
+    );
+    assert_eq!(
+        listener.next().await,
+        "q|wake_q|",
+        "the rollback gave the request back"
     );
     Ok(())
 }
@@ -160,6 +180,8 @@ async fn deduplicated_send_notifies_nobody() -> anyhow::Result<()> {
         )
         .await?;
     let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
+    listener.request("marker").await;
 
     client
         .send(
@@ -173,5 +195,110 @@ async fn deduplicated_send_notifies_nobody() -> anyhow::Result<()> {
         .await?;
 
     assert_eq!(listener.next().await, "q|marker|");
+    Ok(())
+}
+
+#[tokio::test]
+async fn send_without_request_notifies_nobody() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    client
+        .create_queue("marker", CreateQueueOpts::default())
+        .await?;
+    let mut listener = Listener::start(&db).await;
+    listener.request("marker").await;
+
+    client
+        .send("wake_q", &json!(1), SendOpts::default())
+        .await?;
+    client
+        .send("marker", &json!(1), SendOpts::default())
+        .await?;
+
+    assert_eq!(listener.next().await, "q|marker|");
+    Ok(())
+}
+
+#[tokio::test]
+async fn first_send_consumes_the_request() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    client
+        .create_queue("marker", CreateQueueOpts::default())
+        .await?;
+    let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
+
+    for body in 1..=3 {
+        client
+            .send("wake_q", &json!(body), SendOpts::default())
+            .await?;
+    }
+    listener.request("marker").await;
+    client
+        .send("marker", &json!(1), SendOpts::default())
+        .await?;
+    listener.request("wake_q").await;
+    client
+        .send("wake_q", &json!(4), SendOpts::default())
+        .await?;
+
+    assert_eq!(listener.next().await, "q|wake_q|");
+    assert_eq!(
+        listener.next().await,
+        "q|marker|",
+        "the second and third sends stay silent"
+    );
+    assert_eq!(
+        listener.next().await,
+        "q|wake_q|",
+        "a new request brings the next wake-up"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_consumer_neither_blocks_nor_silences() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("wake_q").await;
+    let mut listener = Listener::start(&db).await;
+    listener.request("wake_q").await;
+
+    let mut connection = db.pool.get().await?;
+    let transaction = connection.transaction().await?;
+    queue::send(&transaction, "wake_q", &json!(1), SendOpts::default()).await?;
+    // The open transaction holds the request it consumes. Another send
+    // neither waits for it nor stays silent, since it may roll back.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send("wake_q", &json!(2), SendOpts::default()),
+    )
+    .await
+    .expect("the send does not wait for the open transaction")?;
+    assert_eq!(listener.next().await, "q|wake_q|");
+    transaction.rollback().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_rejects_unknown_kind_and_empty_name() -> anyhow::Result<()> {
+    let (db, _client) = db_with_queue("wake_q").await;
+    let connection = db.pool.get().await?;
+    for (kind, name, expected) in [
+        ("job", "wake_q", "invalid wake-up kind \"job\""),
+        ("q", "", "invalid wake-up name \"\""),
+    ] {
+        let error = connection
+            .execute(
+                "SELECT cb_request_wake(kind => $1, name => $2)",
+                &[&kind, &name],
+            )
+            .await
+            .expect_err("the request is rejected");
+        let db_error = error.as_db_error().expect("a database error");
+        assert_eq!(db_error.code().code(), "CB002");
+        assert!(
+            db_error.message().contains(expected),
+            "{}",
+            db_error.message()
+        );
+    }
     Ok(())
 }

@@ -839,10 +839,23 @@ async fn sql_functions_send_wake_ups() -> anyhow::Result<()> {
             .expect("the listener is connected")
     };
 
+    // Each wake-up consumes the request for it, as a worker's loop makes
+    // one each time it runs out of work.
+    let request = async |kind: &str| {
+        client
+            .execute(
+                "SELECT cb_request_wake(kind => $1, name => 'job')",
+                &[&kind],
+            )
+            .await
+            .expect("request a wake-up");
+    };
+    request("t").await;
     let id = run_id(&client, "SELECT cb_run_task(name => 'job', input => '1')").await;
     assert_eq!(next_payload().await, "t|job|");
 
     let visible_at = Utc::now() + Duration::from_secs(60);
+    request("t").await;
     client
         .execute(
             "SELECT cb_run_task(name => 'job', input => '2', visible_at => $1)",
@@ -866,9 +879,11 @@ async fn sql_functions_send_wake_ups() -> anyhow::Result<()> {
     );
     assert_eq!(next_payload().await, format!("tx|job|{id}"));
 
+    request("t").await;
     let failing = run_id(&client, "SELECT cb_run_task(name => 'job', input => '3')").await;
     assert_eq!(next_payload().await, "t|job|");
     assert_eq!(claim(&client, "job", 1, 60_000).await, [(failing, 1)]);
+    request("tf").await;
     fail(&client, "job", failing, 1, "broken", None).await;
     assert_eq!(next_payload().await, "tf|job|");
     Ok(())

@@ -685,6 +685,53 @@ async fn new_run_wakes_idle_worker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the database holds a wake-up request for task `name` that
+/// is at least `age` old, so the worker's follow-up claims are over.
+async fn wait_for_request(client: &Client, name: &str, age: Duration) {
+    let age = age.as_secs_f64();
+    wait_for("the worker's wake-up request", DEADLINE, || async {
+        let rows = client
+            .pool()
+            .get()
+            .await
+            .ok()?
+            .query(
+                "SELECT 1 FROM cb_wake_requests WHERE kind = 't' AND name = $1 \
+                 AND requested_at <= now() - make_interval(secs => $2)",
+                &[&name, &age],
+            )
+            .await
+            .ok()?;
+        (!rows.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_run_keeps_worker_wakeable() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let worker = start(&db, Worker::new(db.pool.clone()).task(echo("echo"))).await;
+    wait_for_request(&client, "echo", Duration::from_millis(200)).await;
+
+    // A run for later consumes the request; the worker makes a new one.
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    client
+        .run_task("echo", &0, RunTaskOpts::default().visible_at(later))
+        .await?;
+    wait_for_request(&client, "echo", Duration::ZERO).await;
+
+    let now = client.run_task("echo", &1, RunTaskOpts::default()).await?;
+    let run = wait_status(&client, "echo", now.id(), RunStatus::Completed).await;
+    let waited = (run.started_at - run.created_at).to_std()?;
+    assert!(
+        waited < Duration::from_millis(1500),
+        "a run waited {waited:?} for a worker that heard of a later run"
+    );
+    worker.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_recovers_after_backends_terminated() -> anyhow::Result<()> {
     let db = TestDb::new().await;

@@ -145,6 +145,9 @@ pub const LIST_WORKERS: &str =
 /// The wake-up channel of the installation in the connection's schema.
 pub const WAKE_CHANNEL: &str = "SELECT cb_wake_channel()";
 
+/// `cb_request_wake`: asks that the next work of a kind and name notifies.
+pub const REQUEST_WAKE: &str = "SELECT cb_request_wake(kind => $1, name => $2)";
+
 /// `cb_create_flow`.
 pub const CREATE_FLOW: &str = "SELECT cb_create_flow(name => $1, steps => $2, description => $3, \
      output_priority => $4, retention_period => $5, has_on_fail => $6)";
@@ -326,6 +329,7 @@ pub const ALL: &[&str] = &[
     WORKER_STOPPED,
     LIST_WORKERS,
     WAKE_CHANNEL,
+    REQUEST_WAKE,
     CREATE_FLOW,
     DELETE_FLOW,
     GET_FLOW,

@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -123,6 +123,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "task_batching",
         source: include_str!("../../../sql/0007_task_batching.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "wake_requests",
+        source: include_str!("../../../sql/0008_wake_requests.sql"),
     },
 ];
 

@@ -18,6 +18,7 @@ use crate::breaker::CircuitBreakerStrategy;
 use crate::options::HandlerOpts;
 use crate::retry::with_retries;
 use crate::task::{CallFn, OnFailFn, TaskContext, TaskFailure, TaskHandler};
+use crate::wake::{LoopWaker, request_wake};
 use crate::worker::Shared;
 
 /// How long an idle run loop waits for a wake-up before it polls again.
@@ -117,6 +118,7 @@ pub(crate) async fn idle_since(
     fallback: Duration,
 ) -> bool {
     let waker = shared.registry.waker(kind, name);
+    request_wake(&shared.pool, &shared.registry, kind, name);
     let deadline = Instant::now() + fallback;
     loop {
         if waker.wakes() != seen {
@@ -132,8 +134,9 @@ pub(crate) async fn idle_since(
 
 /// How long an idle run loop waits before it polls without a wake-up.
 ///
-/// Without a healthy listen connection that is [`IDLE_POLL`]. While the
-/// worker listens, every new, retried or released run notifies it, and
+/// Without a healthy listen connection, or before the loop's wake-up request
+/// is stored, that is [`IDLE_POLL`]. While the worker listens and the
+/// request stands, every new, retried or released run notifies it, and
 /// `next_visible` (from `cb_next_task_visible_in`) says when the next known
 /// run becomes visible. The poll then only catches
 /// runs that become claimable silently after that check, when the lease of
@@ -141,8 +144,8 @@ pub(crate) async fn idle_since(
 /// `IDLE_POLL` and [`LISTENING_POLL`]), less up to 10 % jitter so that the
 /// loops of one worker spread their polls. Losing the listen connection
 /// wakes every loop, which then polls at `IDLE_POLL` again.
-fn idle_wait(shared: &Shared, next_visible: Option<Duration>) -> Duration {
-    if !shared.registry.is_listening() {
+fn idle_wait(shared: &Shared, waker: &LoopWaker, next_visible: Option<Duration>) -> Duration {
+    if !shared.registry.is_listening() || !waker.has_request() {
         return IDLE_POLL;
     }
     let base = shared.lease.clamp(IDLE_POLL, LISTENING_POLL);
@@ -278,6 +281,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         // A wake-up since the claim started may be for a run
                         // its snapshot missed: claim again rather than wait.
                         if runs.len() < quantity && waker.wakes() == wakes_before {
+                            request_wake(&shared.pool, &shared.registry, "t", &handler.name);
                             let connections = shared.registry.connections();
                             if shared.registry.is_listening() && checked_for_connection != Some(connections) {
                                 checked_for_connection = Some(connections);
@@ -291,7 +295,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                             let next_visible = next_visible_at
                                 .filter(|at| *at > now)
                                 .map(|at| at - now);
-                            wait_until = Some(now + idle_wait(&shared, next_visible));
+                            wait_until = Some(now + idle_wait(&shared, &waker, next_visible));
                             wake_ends_wait = true;
                             wait_seen = wakes_before;
                         }

@@ -17,6 +17,8 @@ use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use catbird_core::{Executor, sql};
+
 /// How long the listener waits before reconnecting.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -25,6 +27,12 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// after a pending one is dropped, and the loop wakes at the pending time
 /// and then polls on its own schedule.
 const TIMER_COALESCE: Duration = Duration::from_millis(5);
+
+/// How long after a stored wake-up request a loop looks for work once more.
+/// A send whose `cb_wake` ran just before the request committed sent no
+/// notification, and its commit may become visible only after the claim
+/// that follows the request.
+const REQUEST_GRACE: Duration = Duration::from_millis(20);
 
 /// Wakes one claim loop, now or at a time.
 #[derive(Debug, Default)]
@@ -35,9 +43,66 @@ pub(crate) struct LoopWaker {
     wakes: AtomicU64,
     /// The pending timed wake-ups.
     pending: Mutex<BTreeSet<Instant>>,
+    /// How many notifications for the loop's work the worker heard, plus
+    /// one per lost listen connection. Each of them means the database's
+    /// wake-up request for this work may be gone.
+    heard: AtomicU64,
+    /// The loop's wake-up request in `cb_wake_requests`.
+    request: Mutex<RequestState>,
+}
+
+/// Whether a loop's wake-up request is stored or being stored.
+#[derive(Debug, Default)]
+struct RequestState {
+    /// The `heard` count when the last request was stored; the request still
+    /// stands while the count is unchanged.
+    stored_at: Option<u64>,
+    /// Whether a request statement is running.
+    in_flight: bool,
 }
 
 impl LoopWaker {
+    fn lock_request(&self) -> std::sync::MutexGuard<'_, RequestState> {
+        self.request
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that the loop's wake-up request may have been consumed.
+    fn forget_request(&self) {
+        self.heard.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether the database holds this loop's wake-up request, so that new
+    /// work notifies the worker.
+    pub(crate) fn has_request(&self) -> bool {
+        self.lock_request().stored_at == Some(self.heard.load(Ordering::Acquire))
+    }
+
+    /// Starts a request unless one stands or is being stored; returns the
+    /// `heard` count to hand to [`LoopWaker::end_request`].
+    fn begin_request(&self) -> Option<u64> {
+        let mut state = self.lock_request();
+        let heard = self.heard.load(Ordering::Acquire);
+        if state.in_flight || state.stored_at == Some(heard) {
+            return None;
+        }
+        state.in_flight = true;
+        Some(heard)
+    }
+
+    /// Ends a request begun when `heard` was `since`. Returns whether it
+    /// stands: it was stored and no notification came since it began.
+    fn end_request(&self, since: u64, stored: bool) -> bool {
+        let mut state = self.lock_request();
+        state.in_flight = false;
+        let stands = stored && self.heard.load(Ordering::Acquire) == since;
+        if stands {
+            state.stored_at = Some(since);
+        }
+        stands
+    }
+
     /// Wakes the loop now; a wake-up sent while the loop is busy is kept for
     /// its next wait.
     pub(crate) fn wake(&self) {
@@ -136,13 +201,15 @@ impl Registry {
     }
 
     /// Wakes every loop, after a (re)connection when notifications may have
-    /// been missed.
+    /// been missed. Their wake-up requests may have been consumed by those
+    /// notifications, so each loop requests again when it next waits.
     pub(crate) fn wake_all(&self) {
         let loops = self
             .loops
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for waker in loops.values() {
+            waker.forget_request();
             waker.wake();
         }
     }
@@ -298,13 +365,50 @@ impl Registry {
                     loops.get(&format!("{kind}|{name}")).cloned()
                 };
                 let Some(waker) = waker else { return };
-                match visible_in(rest) {
-                    Some(delay) if !delay.is_zero() => waker.wake_at(Instant::now() + delay),
-                    _ => waker.wake(),
+                // The notification consumed the loop's wake-up request.
+                waker.forget_request();
+                if let Some(delay) = visible_in(rest).filter(|delay| !delay.is_zero()) {
+                    waker.wake_at(Instant::now() + delay);
                 }
+                // Even for later work the loop looks now: it finds nothing,
+                // and requests its next wake-up before it waits again.
+                waker.wake();
             }
         }
     }
+}
+
+/// Stores the wake-up request of the loop for `kind` work of `name` in the
+/// background, unless it stands or the worker does not listen. Once stored,
+/// the loop is woken to look for work that committed before the request,
+/// and again after [`REQUEST_GRACE`]. A request that fails is only logged:
+/// the loop then keeps polling at its short interval and tries again when
+/// it next waits.
+pub(crate) fn request_wake(
+    pool: &deadpool_postgres::Pool,
+    registry: &Registry,
+    kind: &str,
+    name: &str,
+) {
+    if !registry.is_listening() {
+        return;
+    }
+    let waker = registry.waker(kind, name);
+    let Some(since) = waker.begin_request() else {
+        return;
+    };
+    let pool = pool.clone();
+    let (kind, name) = (kind.to_owned(), name.to_owned());
+    tokio::spawn(async move {
+        let result = pool.query_rows(sql::REQUEST_WAKE, &[&kind, &name]).await;
+        if let Err(error) = &result {
+            tracing::debug!(kind, name, %error, "could not request a wake-up; polling instead");
+        }
+        if waker.end_request(since, result.is_ok()) {
+            waker.wake();
+            waker.wake_at(Instant::now() + REQUEST_GRACE);
+        }
+    });
 }
 
 /// How many cancellations without a tracked handler a worker remembers.
@@ -472,6 +576,70 @@ async fn listen_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_stands_until_its_work_is_heard() {
+        let registry = Registry::default();
+        let waker = registry.waker("t", "echo");
+        let since = waker.begin_request().expect("no request yet");
+        assert_eq!(waker.begin_request(), None, "one request at a time");
+        assert!(waker.end_request(since, true));
+        assert!(waker.has_request());
+        assert_eq!(waker.begin_request(), None, "a standing request is kept");
+
+        registry.dispatch("t|other|");
+        assert!(waker.has_request(), "other work leaves it alone");
+        registry.dispatch("t|echo|");
+        assert!(!waker.has_request(), "the notification consumed it");
+    }
+
+    #[test]
+    fn notification_during_request_voids_it() {
+        let registry = Registry::default();
+        let waker = registry.waker("s", "flow.step");
+        let since = waker.begin_request().expect("no request yet");
+        registry.dispatch("s|flow.step|");
+        assert!(!waker.end_request(since, true));
+        assert!(!waker.has_request());
+        assert!(
+            waker.begin_request().is_some(),
+            "the loop may request again"
+        );
+    }
+
+    #[test]
+    fn failed_request_can_be_retried() {
+        let registry = Registry::default();
+        let waker = registry.waker("t", "echo");
+        let since = waker.begin_request().expect("no request yet");
+        assert!(!waker.end_request(since, false));
+        assert!(!waker.has_request());
+        assert!(waker.begin_request().is_some());
+    }
+
+    #[test]
+    fn lost_connection_forgets_requests() {
+        let registry = Registry::default();
+        let waker = registry.waker("i", "flow.step");
+        let since = waker.begin_request().expect("no request yet");
+        assert!(waker.end_request(since, true));
+        registry.wake_all();
+        assert!(!waker.has_request());
+    }
+
+    #[tokio::test]
+    async fn later_work_wakes_the_loop_now() {
+        let registry = Registry::default();
+        let waker = registry.waker("t", "echo");
+        let before = waker.wakes();
+        let in_an_hour = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            + 3600.0;
+        registry.dispatch(&format!("t|echo|{in_an_hour}"));
+        assert_eq!(waker.wakes(), before + 1, "woken to request again");
+    }
 
     #[test]
     fn empty_time_means_now() {

@@ -1,0 +1,98 @@
+-- Version 8: wake-ups only where a worker waits for them.
+--
+-- A notification makes every notifying transaction of the database queue
+-- for one lock at commit, through its WAL flush, so commits that notify
+-- cannot be flushed together. Measured with pgbench on 2 cores, a send that
+-- notified ran 4,600 calls/s from 8 clients and 12,100 without the
+-- notification.
+--
+-- A loop that found no work and is about to wait calls cb_request_wake,
+-- which stores a row in cb_wake_requests. cb_wake notifies only when such a
+-- row exists, and deletes it: one notification per idle period, however many
+-- sends, runs or steps follow, and none while every worker is busy or none
+-- listens. A worker that hears the notification requests again when it next
+-- runs out of work.
+--
+-- Rows are hints, as notifications are: a request left by a worker that
+-- went away costs one notification, and the table is unlogged because a
+-- crash that empties it only makes workers fall back to polling.
+
+-- migrate:up
+
+CREATE UNLOGGED TABLE cb_wake_requests (
+    kind text NOT NULL,
+    name text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, name)
+);
+
+-- Asks that the next cb_wake for `kind` work of `name` notifies. `kind` is
+-- one of q (queue), t (task runs), tf (task on-fail work), s (step runs of
+-- '<flow>.<step>'), i (map items of '<flow>.<step>') and ff (flow on-fail
+-- work). Idempotent. Work that committed before the request may have sent no
+-- notification, so a caller looks for work once more after this call.
+CREATE FUNCTION cb_request_wake(kind text, name text) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+    IF kind IS NULL OR kind NOT IN ('q', 't', 'tf', 's', 'i', 'ff') THEN
+        RAISE EXCEPTION 'catbird: invalid wake-up kind "%": must be one of q, t, tf, s, i, ff',
+            coalesce(kind, 'NULL')
+            USING ERRCODE = 'CB002';
+    END IF;
+    IF name IS NULL OR name = '' OR length(name) > 117 THEN
+        RAISE EXCEPTION 'catbird: invalid wake-up name "%": must be 1 to 117 characters',
+            coalesce(name, 'NULL')
+            USING ERRCODE = 'CB002';
+    END IF;
+    INSERT INTO cb_wake_requests AS r (kind, name) VALUES (kind, name)
+    ON CONFLICT ON CONSTRAINT cb_wake_requests_pkey DO NOTHING;
+END;
+$$;
+
+-- Sends one wake-up hint, when a worker requested one for this work. The
+-- request is consumed, so later calls stay silent until the worker requests
+-- again. A request that another transaction is consuming still counts: that
+-- transaction may roll back, and skipping it without notifying could leave
+-- this transaction's work unannounced. NOTIFY folds identical payloads
+-- within a transaction, so a batch that shares one visibility time costs
+-- one notification.
+CREATE OR REPLACE FUNCTION cb_wake(kind text, name text, visible_at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+BEGIN
+    PERFORM FROM cb_wake_requests r WHERE r.kind = kind AND r.name = name;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- NOTE: SKIP LOCKED keeps this transaction from waiting for another
+    -- one that consumes the same request, which may hold it until a long
+    -- transaction of its caller ends.
+    DELETE FROM cb_wake_requests r
+    WHERE (r.kind, r.name) = (
+        SELECT l.kind, l.name FROM cb_wake_requests l
+        WHERE l.kind = kind AND l.name = name
+        FOR UPDATE SKIP LOCKED
+    );
+    PERFORM pg_notify(
+        cb_wake_channel(),
+        kind || '|' || name || '|' ||
+            CASE WHEN visible_at IS NULL OR visible_at <= now() THEN ''
+                 ELSE extract(epoch FROM visible_at)::text END
+    );
+END;
+$$;
+
+-- migrate:down
+
+CREATE OR REPLACE FUNCTION cb_wake(kind text, name text, visible_at timestamptz) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify(
+        cb_wake_channel(),
+        kind || '|' || name || '|' ||
+            CASE WHEN visible_at IS NULL OR visible_at <= now() THEN ''
+                 ELSE extract(epoch FROM visible_at)::text END
+    )
+$$;
+DROP FUNCTION cb_request_wake(text, text);
+DROP TABLE cb_wake_requests;
