@@ -1,6 +1,6 @@
 -- Version 8: wake-ups only where a worker waits for them.
 --
--- A notification makes every notifying transaction of the database queue
+-- A notification makes every notifying transaction of the server queue
 -- for one lock at commit, through its WAL flush, so commits that notify
 -- cannot be flushed together. Measured with pgbench on 2 cores, a send that
 -- notified ran 4,600 calls/s from 8 clients and 12,100 without the
@@ -11,7 +11,8 @@
 -- row exists, and deletes it: one notification per idle period, however many
 -- sends, runs or steps follow, and none while every worker is busy or none
 -- listens. A worker that hears the notification requests again when it next
--- runs out of work.
+-- runs out of work. Work for later still notifies every time, because a
+-- worker learns its visibility time only from the notification.
 --
 -- Rows are hints, as notifications are: a request left by a worker that
 -- went away costs one notification, and the table is unlogged because a
@@ -45,22 +46,35 @@ BEGIN
             coalesce(name, 'NULL')
             USING ERRCODE = 'CB002';
     END IF;
-    INSERT INTO cb_wake_requests AS r (kind, name) VALUES (kind, name)
-    ON CONFLICT ON CONSTRAINT cb_wake_requests_pkey DO NOTHING;
+    -- NOTE: a visible request is enough, even one that a send is consuming:
+    -- that send notifies when it commits. Inserting regardless would wait
+    -- for the consuming transaction.
+    PERFORM FROM cb_wake_requests r WHERE r.kind = kind AND r.name = name;
+    IF NOT FOUND THEN
+        INSERT INTO cb_wake_requests AS r (kind, name) VALUES (kind, name)
+        ON CONFLICT ON CONSTRAINT cb_wake_requests_pkey DO NOTHING;
+    END IF;
 END;
 $$;
 
--- Sends one wake-up hint, when a worker requested one for this work. The
--- request is consumed, so later calls stay silent until the worker requests
--- again. A request that another transaction is consuming still counts: that
--- transaction may roll back, and skipping it without notifying could leave
--- this transaction's work unannounced. NOTIFY folds identical payloads
--- within a transaction, so a batch that shares one visibility time costs
--- one notification.
+-- Sends one wake-up hint. Work visible now notifies only when a worker
+-- requested it, and consumes the request, so later calls stay silent until
+-- the worker requests again. A request that another transaction is
+-- consuming still counts: that transaction may roll back, and skipping it
+-- without notifying could leave this transaction's work unannounced. Work
+-- for later always notifies and leaves the request alone: a worker cannot
+-- find it by claiming, so it relies on the hint to set a timer. NOTIFY folds
+-- identical payloads within a transaction, so a batch that shares one
+-- visibility time costs one notification.
 CREATE OR REPLACE FUNCTION cb_wake(kind text, name text, visible_at timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 BEGIN
+    IF visible_at > now() THEN
+        PERFORM pg_notify(cb_wake_channel(),
+                          kind || '|' || name || '|' || extract(epoch FROM visible_at)::text);
+        RETURN;
+    END IF;
     PERFORM FROM cb_wake_requests r WHERE r.kind = kind AND r.name = name;
     IF NOT FOUND THEN
         RETURN;
@@ -74,12 +88,7 @@ BEGIN
         WHERE l.kind = kind AND l.name = name
         FOR UPDATE SKIP LOCKED
     );
-    PERFORM pg_notify(
-        cb_wake_channel(),
-        kind || '|' || name || '|' ||
-            CASE WHEN visible_at IS NULL OR visible_at <= now() THEN ''
-                 ELSE extract(epoch FROM visible_at)::text END
-    );
+    PERFORM pg_notify(cb_wake_channel(), kind || '|' || name || '|');
 END;
 $$;
 

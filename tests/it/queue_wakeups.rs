@@ -105,29 +105,49 @@ async fn send_many_notifies_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn delayed_send_wakeup_carries_visible_time() -> anyhow::Result<()> {
+async fn delayed_send_always_notifies_its_time() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("wake_q").await;
     let mut listener = Listener::start(&db).await;
-    listener.request("wake_q").await;
     let visible_at = db_now(&db.pool).await + TimeDelta::minutes(5);
+    let expected = visible_at.timestamp_micros() as f64 / 1e6;
 
+    // A message for later is announced with no request, and twice in a row:
+    // only the hint tells a reader when to look for it.
+    for body in 1..=2 {
+        client
+            .send(
+                "wake_q",
+                &json!(body),
+                SendOpts::default().visible_at(visible_at),
+            )
+            .await?;
+        let payload = listener.next().await;
+        let epoch = payload
+            .strip_prefix("q|wake_q|")
+            .unwrap_or_else(|| panic!("unexpected payload {payload}"));
+        let seconds: f64 = epoch.parse()?;
+        assert!(
+            (seconds - expected).abs() < 1e-3,
+            "payload time {seconds}, visible at {expected}"
+        );
+    }
+
+    listener.request("wake_q").await;
     client
         .send(
             "wake_q",
-            &json!(1),
+            &json!(3),
             SendOpts::default().visible_at(visible_at),
         )
         .await?;
-
-    let payload = listener.next().await;
-    let epoch = payload
-        .strip_prefix("q|wake_q|")
-        .unwrap_or_else(|| panic!("unexpected payload {payload}"));
-    let seconds: f64 = epoch.parse()?;
-    let expected = visible_at.timestamp_micros() as f64 / 1e6;
-    assert!(
-        (seconds - expected).abs() < 1e-3,
-        "payload time {seconds}, visible at {expected}"
+    listener.next().await;
+    client
+        .send("wake_q", &json!(4), SendOpts::default())
+        .await?;
+    assert_eq!(
+        listener.next().await,
+        "q|wake_q|",
+        "the message for later left the request standing"
     );
     Ok(())
 }

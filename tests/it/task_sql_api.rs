@@ -839,8 +839,8 @@ async fn sql_functions_send_wake_ups() -> anyhow::Result<()> {
             .expect("the listener is connected")
     };
 
-    // Each wake-up consumes the request for it, as a worker's loop makes
-    // one each time it runs out of work.
+    // Each wake-up for work visible now consumes the request for it, as a
+    // worker's loop makes one each time it runs out of work.
     let request = async |kind: &str| {
         client
             .execute(
@@ -854,8 +854,8 @@ async fn sql_functions_send_wake_ups() -> anyhow::Result<()> {
     let id = run_id(&client, "SELECT cb_run_task(name => 'job', input => '1')").await;
     assert_eq!(next_payload().await, "t|job|");
 
+    // A run for later notifies without a request.
     let visible_at = Utc::now() + Duration::from_secs(60);
-    request("t").await;
     client
         .execute(
             "SELECT cb_run_task(name => 'job', input => '2', visible_at => $1)",

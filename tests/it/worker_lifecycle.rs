@@ -714,7 +714,7 @@ async fn delayed_run_keeps_worker_wakeable() -> anyhow::Result<()> {
     let worker = start(&db, Worker::new(db.pool.clone()).task(echo("echo"))).await;
     wait_for_request(&client, "echo", Duration::from_millis(200)).await;
 
-    // A run for later consumes the request; the worker makes a new one.
+    // The worker hears of a run for later, and still of a run for now.
     let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
     client
         .run_task("echo", &0, RunTaskOpts::default().visible_at(later))

@@ -365,23 +365,27 @@ impl Registry {
                     loops.get(&format!("{kind}|{name}")).cloned()
                 };
                 let Some(waker) = waker else { return };
-                // The notification consumed the loop's wake-up request.
-                waker.forget_request();
-                if let Some(delay) = visible_in(rest).filter(|delay| !delay.is_zero()) {
-                    waker.wake_at(Instant::now() + delay);
+                if rest.is_empty() {
+                    // Work for now consumed the loop's request.
+                    waker.forget_request();
+                    waker.wake();
+                    return;
                 }
-                // Even for later work the loop looks now: it finds nothing,
-                // and requests its next wake-up before it waits again.
-                waker.wake();
+                // Work for later notifies whether or not a request stands,
+                // and leaves it standing.
+                match visible_in(rest) {
+                    Some(delay) if !delay.is_zero() => waker.wake_at(Instant::now() + delay),
+                    _ => waker.wake(),
+                }
             }
         }
     }
 }
 
 /// Stores the wake-up request of the loop for `kind` work of `name` in the
-/// background, unless it stands or the worker does not listen. Once stored,
-/// the loop is woken to look for work that committed before the request,
-/// and again after [`REQUEST_GRACE`]. A request that fails is only logged:
+/// background, unless it stands or the worker does not listen. Once the
+/// statement succeeded, the loop is woken to look for work that committed
+/// before the request, and again after [`REQUEST_GRACE`]. A request that fails is only logged:
 /// the loop then keeps polling at its short interval and tries again when
 /// it next waits.
 pub(crate) fn request_wake(
@@ -404,7 +408,10 @@ pub(crate) fn request_wake(
         if let Err(error) = &result {
             tracing::debug!(kind, name, %error, "could not request a wake-up; polling instead");
         }
-        if waker.end_request(since, result.is_ok()) {
+        waker.end_request(since, result.is_ok());
+        // A request that a notification overtook may still be stored, and
+        // work that committed before it sent nothing either way.
+        if result.is_ok() {
             waker.wake();
             waker.wake_at(Instant::now() + REQUEST_GRACE);
         }
@@ -628,9 +635,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn later_work_wakes_the_loop_now() {
+    async fn later_work_keeps_the_request() {
         let registry = Registry::default();
         let waker = registry.waker("t", "echo");
+        let since = waker.begin_request().expect("no request yet");
+        assert!(waker.end_request(since, true));
         let before = waker.wakes();
         let in_an_hour = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -638,7 +647,12 @@ mod tests {
             .as_secs_f64()
             + 3600.0;
         registry.dispatch(&format!("t|echo|{in_an_hour}"));
-        assert_eq!(waker.wakes(), before + 1, "woken to request again");
+        assert!(waker.has_request(), "work for later consumes no request");
+        assert_eq!(waker.wakes(), before, "the loop sleeps until the timer");
+
+        registry.dispatch("t|echo|Infinity");
+        assert!(waker.has_request(), "an unusable time consumes no request");
+        assert_eq!(waker.wakes(), before + 1, "an unusable time wakes the loop");
     }
 
     #[test]
