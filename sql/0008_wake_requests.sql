@@ -14,6 +14,10 @@
 -- runs out of work. Work for later still notifies every time, because a
 -- worker learns its visibility time only from the notification.
 --
+-- A transaction that sent work without notifying may commit long after, when
+-- a worker has gone idle. It holds an advisory lock in share mode until then,
+-- and cb_request_wake reports it to the worker, which polls until it ends.
+--
 -- Rows are hints, as notifications are: a request left by a worker that
 -- went away costs one notification, and the table is unlogged because a
 -- crash that empties it only makes workers fall back to polling.
@@ -27,14 +31,31 @@ CREATE UNLOGGED TABLE cb_wake_requests (
     PRIMARY KEY (kind, name)
 );
 
--- Asks that the next cb_wake for `kind` work of `name` notifies. `kind` is
--- one of q (queue), t (task runs), tf (task on-fail work), s (step runs of
--- '<flow>.<step>'), i (map items of '<flow>.<step>') and ff (flow on-fail
+-- The second half of the advisory lock key of `kind` work of `name` in this
+-- schema; the first half is 1667397495 ('cbww' in ASCII), so the two-integer
+-- keys stay apart from the single bigint keys of other code. A sender that
+-- found no request holds the lock in share mode until its transaction ends,
+-- and cb_request_wake tries it exclusively. Two names with one hash only
+-- cost a worker a few extra polls.
+CREATE FUNCTION cb_wake_lock_key(kind text, name text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT hashtext(current_schema() || '|' || kind || '|' || name)
+$$;
+
+-- Asks that the next cb_wake for `kind` work of `name` notifies, and returns
+-- whether an open transaction sent such work without a notification. `kind`
+-- is one of q (queue), t (task runs), tf (task on-fail work), s (step runs
+-- of '<flow>.<step>'), i (map items of '<flow>.<step>') and ff (flow on-fail
 -- work). Idempotent. Work that committed before the request may have sent no
--- notification, so a caller looks for work once more after this call.
-CREATE FUNCTION cb_request_wake(kind text, name text) RETURNS void
+-- notification, so a caller looks for work once more after this call. When
+-- the result is true, that work becomes visible when its transaction
+-- commits, which notifies nobody: the caller keeps polling, and calls again
+-- until the result is false.
+CREATE FUNCTION cb_request_wake(kind text, name text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
+DECLARE
+    v_pending boolean;
 BEGIN
     IF kind IS NULL OR kind NOT IN ('q', 't', 'tf', 's', 'i', 'ff') THEN
         RAISE EXCEPTION 'catbird: invalid wake-up kind "%": must be one of q, t, tf, s, i, ff',
@@ -46,6 +67,11 @@ BEGIN
             coalesce(name, 'NULL')
             USING ERRCODE = 'CB002';
     END IF;
+    -- NOTE: held until this transaction commits, the lock makes a sender
+    -- that comes later wait for the request, so that it sees the request
+    -- and notifies. Failing to take it means a sender with unannounced work
+    -- is still open.
+    v_pending := NOT pg_try_advisory_xact_lock(1667397495, cb_wake_lock_key(kind, name));
     -- NOTE: a visible request is enough, even one that a send is consuming:
     -- that send notifies when it commits. Inserting regardless would wait
     -- for the consuming transaction.
@@ -54,12 +80,15 @@ BEGIN
         INSERT INTO cb_wake_requests AS r (kind, name) VALUES (kind, name)
         ON CONFLICT ON CONSTRAINT cb_wake_requests_pkey DO NOTHING;
     END IF;
+    RETURN v_pending;
 END;
 $$;
 
 -- Sends one wake-up hint. Work visible now notifies only when a worker
 -- requested it, and consumes the request, so later calls stay silent until
--- the worker requests again. A request that another transaction is
+-- the worker requests again. Without a request, the transaction holds a
+-- share lock on the work's key until it ends, which tells a worker that
+-- stores a request meanwhile to keep polling. A request that another transaction is
 -- consuming still counts: that transaction may roll back, and skipping it
 -- without notifying could leave this transaction's work unannounced. Work
 -- for later always notifies and leaves the request alone: a worker cannot
@@ -75,6 +104,18 @@ BEGIN
                           kind || '|' || name || '|' || extract(epoch FROM visible_at)::text);
         RETURN;
     END IF;
+    -- NOTE: a snapshot older than this statement (repeatable read or
+    -- serializable) misses newer requests and fails to lock a request that
+    -- another transaction consumed, so such a transaction always notifies.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM pg_notify(cb_wake_channel(), kind || '|' || name || '|');
+        RETURN;
+    END IF;
+    -- NOTE: this transaction may commit long after this statement. A worker
+    -- that stores a request meanwhile finds this lock taken and keeps polling
+    -- until it is released; one that stored it before this point is seen
+    -- below. Taking the lock before the lookup leaves no gap between them.
+    PERFORM pg_advisory_xact_lock_shared(1667397495, cb_wake_lock_key(kind, name));
     PERFORM FROM cb_wake_requests r WHERE r.kind = kind AND r.name = name;
     IF NOT FOUND THEN
         RETURN;
@@ -104,4 +145,5 @@ LANGUAGE sql AS $$
     )
 $$;
 DROP FUNCTION cb_request_wake(text, text);
+DROP FUNCTION cb_wake_lock_key(text, text);
 DROP TABLE cb_wake_requests;

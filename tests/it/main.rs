@@ -34,4 +34,5 @@ mod task_sql_api;
 mod task_support;
 mod tasks;
 mod vacuum;
+mod wake_requests;
 mod worker_lifecycle;

@@ -141,3 +141,24 @@ pub(crate) async fn wait_for_len<T: Clone>(log: &Log<T>, count: usize) {
     })
     .await;
 }
+
+/// Waits until the database holds a wake-up request for task `name` that is
+/// at least `age` old, so the claims a worker makes after storing it are over.
+pub(crate) async fn wait_for_request(pool: &deadpool_postgres::Pool, name: &str, age: Duration) {
+    let age = age.as_secs_f64();
+    wait_for("the worker's wake-up request", DEADLINE, || async {
+        let rows = pool
+            .get()
+            .await
+            .ok()?
+            .query(
+                "SELECT 1 FROM cb_wake_requests WHERE kind = 't' AND name = $1 \
+                 AND requested_at <= now() - make_interval(secs => $2)",
+                &[&name, &age],
+            )
+            .await
+            .ok()?;
+        (!rows.is_empty()).then_some(())
+    })
+    .await;
+}

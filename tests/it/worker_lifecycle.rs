@@ -13,7 +13,9 @@ use catbird_worker::{HandlerOpts, TaskContext, TaskHandler, Worker, WorkerError}
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::task_support::{DEADLINE, Log, echo, output_of, start, wait_for_len, wait_status};
+use crate::task_support::{
+    DEADLINE, Log, echo, output_of, start, wait_for_len, wait_for_request, wait_status,
+};
 
 /// The environment variable that carries the database URL to the child
 /// worker process of `killed_worker_run_is_recovered`.
@@ -685,41 +687,19 @@ async fn new_run_wakes_idle_worker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the database holds a wake-up request for task `name` that
-/// is at least `age` old, so the worker's follow-up claims are over.
-async fn wait_for_request(client: &Client, name: &str, age: Duration) {
-    let age = age.as_secs_f64();
-    wait_for("the worker's wake-up request", DEADLINE, || async {
-        let rows = client
-            .pool()
-            .get()
-            .await
-            .ok()?
-            .query(
-                "SELECT 1 FROM cb_wake_requests WHERE kind = 't' AND name = $1 \
-                 AND requested_at <= now() - make_interval(secs => $2)",
-                &[&name, &age],
-            )
-            .await
-            .ok()?;
-        (!rows.is_empty()).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_run_keeps_worker_wakeable() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let worker = start(&db, Worker::new(db.pool.clone()).task(echo("echo"))).await;
-    wait_for_request(&client, "echo", Duration::from_millis(200)).await;
+    wait_for_request(client.pool(), "echo", Duration::from_millis(200)).await;
 
     // The worker hears of a run for later, and still of a run for now.
     let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
     client
         .run_task("echo", &0, RunTaskOpts::default().visible_at(later))
         .await?;
-    wait_for_request(&client, "echo", Duration::ZERO).await;
+    wait_for_request(client.pool(), "echo", Duration::ZERO).await;
 
     let now = client.run_task("echo", &1, RunTaskOpts::default()).await?;
     let run = wait_status(&client, "echo", now.id(), RunStatus::Completed).await;

@@ -8,7 +8,7 @@
 //! loops also poll, so a lost notification only delays work.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +34,10 @@ const TIMER_COALESCE: Duration = Duration::from_millis(5);
 /// that follows the request.
 const REQUEST_GRACE: Duration = Duration::from_millis(20);
 
+/// The longest wait between two polls of a loop while a sender with
+/// unannounced work is open.
+const PENDING_POLL_MAX: Duration = Duration::from_secs(1);
+
 /// Wakes one claim loop, now or at a time.
 #[derive(Debug, Default)]
 pub(crate) struct LoopWaker {
@@ -49,6 +53,9 @@ pub(crate) struct LoopWaker {
     heard: AtomicU64,
     /// The loop's wake-up request in `cb_wake_requests`.
     request: Mutex<RequestState>,
+    /// How many requests in a row found a sender's transaction with
+    /// unannounced work still open.
+    pending_streak: AtomicU32,
 }
 
 /// Whether a loop's wake-up request is stored or being stored.
@@ -385,9 +392,14 @@ impl Registry {
 /// Stores the wake-up request of the loop for `kind` work of `name` in the
 /// background, unless it stands or the worker does not listen. Once the
 /// statement succeeded, the loop is woken to look for work that committed
-/// before the request, and again after [`REQUEST_GRACE`]. A request that fails is only logged:
-/// the loop then keeps polling at its short interval and tries again when
-/// it next waits.
+/// before the request, and again after [`REQUEST_GRACE`].
+///
+/// When the database reports an open transaction that sent work without a
+/// notification, the request does not count as standing: the loop is woken
+/// after 20 ms, doubling with each such report up to 1 s, finds that work
+/// once it commits, and requests again when it next waits. A request that
+/// fails is only logged: the loop then keeps polling at its short interval
+/// and tries again when it next waits.
 pub(crate) fn request_wake(
     pool: &deadpool_postgres::Pool,
     registry: &Registry,
@@ -404,15 +416,30 @@ pub(crate) fn request_wake(
     let pool = pool.clone();
     let (kind, name) = (kind.to_owned(), name.to_owned());
     tokio::spawn(async move {
-        let result = pool.query_rows(sql::REQUEST_WAKE, &[&kind, &name]).await;
-        if let Err(error) = &result {
-            tracing::debug!(kind, name, %error, "could not request a wake-up; polling instead");
-        }
-        waker.end_request(since, result.is_ok());
+        let pending = match pool.query_rows(sql::REQUEST_WAKE, &[&kind, &name]).await {
+            Ok(rows) => rows.first().is_some_and(|row| row.get::<_, bool>(0)),
+            Err(error) => {
+                tracing::debug!(kind, name, %error, "could not request a wake-up; polling instead");
+                waker.end_request(since, false);
+                return;
+            }
+        };
+        waker.end_request(since, !pending);
         // A request that a notification overtook may still be stored, and
         // work that committed before it sent nothing either way.
-        if result.is_ok() {
-            waker.wake();
+        waker.wake();
+        if pending {
+            let streak = waker.pending_streak.fetch_add(1, Ordering::AcqRel).min(6);
+            let delay = (REQUEST_GRACE * 2u32.pow(streak)).min(PENDING_POLL_MAX);
+            tracing::trace!(
+                kind,
+                name,
+                ?delay,
+                "a sender with unannounced work is open; polling"
+            );
+            waker.wake_at(Instant::now() + delay);
+        } else {
+            waker.pending_streak.store(0, Ordering::Release);
             waker.wake_at(Instant::now() + REQUEST_GRACE);
         }
     });
