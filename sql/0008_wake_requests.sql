@@ -50,7 +50,10 @@ $$;
 -- notification, so a caller looks for work once more after this call. When
 -- the result is true, that work becomes visible when its transaction
 -- commits, which notifies nobody: the caller keeps polling, and calls again
--- until the result is false.
+-- until the result is false. The result is also true while another request
+-- or a consuming send holds the lock, which only costs polls. Call it as a
+-- statement of its own: the lock it takes makes every send of this work
+-- wait until its transaction ends.
 CREATE FUNCTION cb_request_wake(kind text, name text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -74,7 +77,9 @@ BEGIN
     v_pending := NOT pg_try_advisory_xact_lock(1667397495, cb_wake_lock_key(kind, name));
     -- NOTE: a visible request is enough, even one that a send is consuming:
     -- that send notifies when it commits. Inserting regardless would wait
-    -- for the consuming transaction.
+    -- for the consuming transaction. The insert can still wait for a send
+    -- that consumes a request committed after this lookup; that send
+    -- notifies as well.
     PERFORM FROM cb_wake_requests r WHERE r.kind = kind AND r.name = name;
     IF NOT FOUND THEN
         INSERT INTO cb_wake_requests AS r (kind, name) VALUES (kind, name)
@@ -86,7 +91,7 @@ $$;
 
 -- Sends one wake-up hint. Work visible now notifies only when a worker
 -- requested it, and consumes the request, so later calls stay silent until
--- the worker requests again. Without a request, the transaction holds a
+-- the worker requests again. In read committed, the transaction holds a
 -- share lock on the work's key until it ends, which tells a worker that
 -- stores a request meanwhile to keep polling. A request that another transaction is
 -- consuming still counts: that transaction may roll back, and skipping it

@@ -8,7 +8,7 @@
 //! loops also poll, so a lost notification only delays work.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,11 +28,10 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// and then polls on its own schedule.
 const TIMER_COALESCE: Duration = Duration::from_millis(5);
 
-/// How long after a stored wake-up request a loop looks for work once more.
-/// A send whose `cb_wake` ran just before the request committed sent no
-/// notification, and its commit may become visible only after the claim
-/// that follows the request.
-const REQUEST_GRACE: Duration = Duration::from_millis(20);
+/// How long a loop waits before it looks for work again after a request
+/// found a sender with unannounced work still open; each such request in a
+/// row doubles it, up to [`PENDING_POLL_MAX`].
+const PENDING_POLL_FIRST: Duration = Duration::from_millis(20);
 
 /// The longest wait between two polls of a loop while a sender with
 /// unannounced work is open.
@@ -53,9 +52,6 @@ pub(crate) struct LoopWaker {
     heard: AtomicU64,
     /// The loop's wake-up request in `cb_wake_requests`.
     request: Mutex<RequestState>,
-    /// How many requests in a row found a sender's transaction with
-    /// unannounced work still open.
-    pending_streak: AtomicU32,
 }
 
 /// Whether a loop's wake-up request is stored or being stored.
@@ -66,6 +62,22 @@ struct RequestState {
     stored_at: Option<u64>,
     /// Whether a request statement is running.
     in_flight: bool,
+    /// No request starts before this time: the last one found a sender with
+    /// unannounced work still open, and the loop polls until it is gone.
+    retry_at: Option<Instant>,
+    /// How many requests in a row found such a sender.
+    pending_streak: u32,
+}
+
+/// How a request statement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestOutcome {
+    /// The request is stored and no sender with unannounced work is open.
+    Stored,
+    /// The request is stored, but a sender with unannounced work is open.
+    Pending,
+    /// The statement failed.
+    Failed,
 }
 
 impl LoopWaker {
@@ -86,28 +98,45 @@ impl LoopWaker {
         self.lock_request().stored_at == Some(self.heard.load(Ordering::Acquire))
     }
 
-    /// Starts a request unless one stands or is being stored; returns the
-    /// `heard` count to hand to [`LoopWaker::end_request`].
+    /// Starts a request unless one stands, is being stored, or must wait for
+    /// its retry time; returns the `heard` count to hand to
+    /// [`LoopWaker::end_request`].
     fn begin_request(&self) -> Option<u64> {
         let mut state = self.lock_request();
         let heard = self.heard.load(Ordering::Acquire);
-        if state.in_flight || state.stored_at == Some(heard) {
+        let waiting = state.retry_at.is_some_and(|at| Instant::now() < at);
+        if state.in_flight || waiting || state.stored_at == Some(heard) {
             return None;
         }
         state.in_flight = true;
         Some(heard)
     }
 
-    /// Ends a request begun when `heard` was `since`. Returns whether it
-    /// stands: it was stored and no notification came since it began.
-    fn end_request(&self, since: u64, stored: bool) -> bool {
+    /// Ends a request begun when `heard` was `since`. A stored request
+    /// stands unless a notification came since it began. Returns when the
+    /// loop looks for work again after a pending one.
+    fn end_request(&self, since: u64, outcome: RequestOutcome) -> Option<Instant> {
         let mut state = self.lock_request();
         state.in_flight = false;
-        let stands = stored && self.heard.load(Ordering::Acquire) == since;
-        if stands {
-            state.stored_at = Some(since);
+        match outcome {
+            RequestOutcome::Stored => {
+                state.retry_at = None;
+                state.pending_streak = 0;
+                if self.heard.load(Ordering::Acquire) == since {
+                    state.stored_at = Some(since);
+                }
+                None
+            }
+            RequestOutcome::Pending => {
+                let delay = (PENDING_POLL_FIRST * 2u32.pow(state.pending_streak.min(6)))
+                    .min(PENDING_POLL_MAX);
+                state.pending_streak = state.pending_streak.saturating_add(1);
+                let at = Instant::now() + delay;
+                state.retry_at = Some(at);
+                Some(at)
+            }
+            RequestOutcome::Failed => None,
         }
-        stands
     }
 
     /// Wakes the loop now; a wake-up sent while the loop is busy is kept for
@@ -392,14 +421,14 @@ impl Registry {
 /// Stores the wake-up request of the loop for `kind` work of `name` in the
 /// background, unless it stands or the worker does not listen. Once the
 /// statement succeeded, the loop is woken to look for work that committed
-/// before the request, and again after [`REQUEST_GRACE`].
+/// before the request.
 ///
 /// When the database reports an open transaction that sent work without a
-/// notification, the request does not count as standing: the loop is woken
-/// after 20 ms, doubling with each such report up to 1 s, finds that work
-/// once it commits, and requests again when it next waits. A request that
-/// fails is only logged: the loop then keeps polling at its short interval
-/// and tries again when it next waits.
+/// notification, the request does not count as standing, and the loop makes
+/// no new request before it looks for work again after 20 ms, doubling with
+/// each such report up to 1 s. A request that fails is only logged: the
+/// loop then keeps polling at its short interval and tries again when it
+/// next waits.
 pub(crate) fn request_wake(
     pool: &deadpool_postgres::Pool,
     registry: &Registry,
@@ -416,31 +445,30 @@ pub(crate) fn request_wake(
     let pool = pool.clone();
     let (kind, name) = (kind.to_owned(), name.to_owned());
     tokio::spawn(async move {
-        let pending = match pool.query_rows(sql::REQUEST_WAKE, &[&kind, &name]).await {
-            Ok(rows) => rows.first().is_some_and(|row| row.get::<_, bool>(0)),
+        let outcome = match pool.query_rows(sql::REQUEST_WAKE, &[&kind, &name]).await {
+            Ok(rows) if rows.first().is_some_and(|row| row.get::<_, bool>(0)) => {
+                RequestOutcome::Pending
+            }
+            Ok(_) => RequestOutcome::Stored,
             Err(error) => {
                 tracing::debug!(kind, name, %error, "could not request a wake-up; polling instead");
-                waker.end_request(since, false);
-                return;
+                RequestOutcome::Failed
             }
         };
-        waker.end_request(since, !pending);
+        let retry_at = waker.end_request(since, outcome);
+        if outcome == RequestOutcome::Failed {
+            return;
+        }
         // A request that a notification overtook may still be stored, and
         // work that committed before it sent nothing either way.
         waker.wake();
-        if pending {
-            let streak = waker.pending_streak.fetch_add(1, Ordering::AcqRel).min(6);
-            let delay = (REQUEST_GRACE * 2u32.pow(streak)).min(PENDING_POLL_MAX);
+        if let Some(at) = retry_at {
             tracing::trace!(
                 kind,
                 name,
-                ?delay,
                 "a sender with unannounced work is open; polling"
             );
-            waker.wake_at(Instant::now() + delay);
-        } else {
-            waker.pending_streak.store(0, Ordering::Release);
-            waker.wake_at(Instant::now() + REQUEST_GRACE);
+            waker.wake_at(at);
         }
     });
 }
@@ -617,7 +645,7 @@ mod tests {
         let waker = registry.waker("t", "echo");
         let since = waker.begin_request().expect("no request yet");
         assert_eq!(waker.begin_request(), None, "one request at a time");
-        assert!(waker.end_request(since, true));
+        assert_eq!(waker.end_request(since, RequestOutcome::Stored), None);
         assert!(waker.has_request());
         assert_eq!(waker.begin_request(), None, "a standing request is kept");
 
@@ -633,7 +661,7 @@ mod tests {
         let waker = registry.waker("s", "flow.step");
         let since = waker.begin_request().expect("no request yet");
         registry.dispatch("s|flow.step|");
-        assert!(!waker.end_request(since, true));
+        waker.end_request(since, RequestOutcome::Stored);
         assert!(!waker.has_request());
         assert!(
             waker.begin_request().is_some(),
@@ -646,9 +674,44 @@ mod tests {
         let registry = Registry::default();
         let waker = registry.waker("t", "echo");
         let since = waker.begin_request().expect("no request yet");
-        assert!(!waker.end_request(since, false));
+        assert_eq!(waker.end_request(since, RequestOutcome::Failed), None);
         assert!(!waker.has_request());
         assert!(waker.begin_request().is_some());
+    }
+
+    #[test]
+    fn pending_request_backs_off() {
+        let registry = Registry::default();
+        let waker = registry.waker("t", "echo");
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let before = Instant::now();
+            // A retry time in the future blocks the next request.
+            let retry_at = waker.lock_request().retry_at;
+            if let Some(at) = retry_at {
+                assert_eq!(waker.begin_request(), None, "no request before its retry");
+                waker.lock_request().retry_at = Some(before.min(at));
+            }
+            let since = waker.begin_request().expect("the retry time passed");
+            let at = waker
+                .end_request(since, RequestOutcome::Pending)
+                .expect("a pending request sets a retry time");
+            assert!(!waker.has_request(), "a pending request does not stand");
+            delays.push((at - before).as_millis());
+        }
+        assert!(delays[0] >= 20 && delays[0] < 40, "{delays:?}");
+        assert!(
+            delays.windows(2).all(|pair| pair[1] >= pair[0]),
+            "{delays:?}"
+        );
+        assert!(*delays.last().unwrap() <= 1_000, "{delays:?}");
+        assert!(*delays.last().unwrap() >= 990, "{delays:?}");
+
+        waker.lock_request().retry_at = None;
+        let since = waker.begin_request().expect("no retry time");
+        assert_eq!(waker.end_request(since, RequestOutcome::Stored), None);
+        assert!(waker.has_request(), "a stored request resets the backoff");
+        assert_eq!(waker.lock_request().pending_streak, 0);
     }
 
     #[test]
@@ -656,7 +719,7 @@ mod tests {
         let registry = Registry::default();
         let waker = registry.waker("i", "flow.step");
         let since = waker.begin_request().expect("no request yet");
-        assert!(waker.end_request(since, true));
+        waker.end_request(since, RequestOutcome::Stored);
         registry.wake_all();
         assert!(!waker.has_request());
     }
@@ -666,7 +729,7 @@ mod tests {
         let registry = Registry::default();
         let waker = registry.waker("t", "echo");
         let since = waker.begin_request().expect("no request yet");
-        assert!(waker.end_request(since, true));
+        waker.end_request(since, RequestOutcome::Stored);
         let before = waker.wakes();
         let in_an_hour = SystemTime::now()
             .duration_since(UNIX_EPOCH)
