@@ -32,8 +32,8 @@ CREATE UNLOGGED TABLE cb_wake_requests (
 );
 
 -- The second half of the advisory lock key of `kind` work of `name` in this
--- schema; the first half is 1667397495 ('cbww' in ASCII), so the two-integer
--- keys stay apart from the single bigint keys of other code. A sender that
+-- schema. The first half is 1667397495 ('cbww' in ASCII). Keys of two
+-- integers never collide with the single bigint keys of other code. A sender that
 -- found no request holds the lock in share mode until its transaction ends,
 -- and cb_request_wake tries it exclusively. Two names with one hash only
 -- cost a worker a few extra polls.
@@ -49,8 +49,8 @@ $$;
 -- work). Idempotent. Work that committed before the request may have sent no
 -- notification, so a caller looks for work once more after this call. When
 -- the result is true, that work becomes visible when its transaction
--- commits, which notifies nobody: the caller keeps polling, and calls again
--- until the result is false. The result is also true while another request
+-- commits, which sends no notification, so the caller keeps polling and
+-- calls again until the result is false. The result is also true while another request
 -- or a consuming send holds the lock, which only costs polls. Call it as a
 -- statement of its own: the lock it takes makes every send of this work
 -- wait until its transaction ends.
@@ -71,7 +71,7 @@ BEGIN
             USING ERRCODE = 'CB002';
     END IF;
     -- NOTE: held until this transaction commits, the lock makes a sender
-    -- that comes later wait for the request, so that it sees the request
+    -- that comes later wait for the request, so that it finds the request
     -- and notifies. Failing to take it means a sender with unannounced work
     -- is still open.
     v_pending := NOT pg_try_advisory_xact_lock(1667397495, cb_wake_lock_key(kind, name));
@@ -92,8 +92,8 @@ $$;
 -- Sends one wake-up hint. Work visible now notifies only when a worker
 -- requested it, and consumes the request, so later calls stay silent until
 -- the worker requests again. In read committed, the transaction holds a
--- share lock on the work's key until it ends, which tells a worker that
--- stores a request meanwhile to keep polling. A request that another transaction is
+-- share lock on the work's key until it ends. A worker that stores a
+-- request meanwhile finds the lock taken and keeps polling. A request that another transaction is
 -- consuming still counts: that transaction may roll back, and skipping it
 -- without notifying could leave this transaction's work unannounced. Work
 -- for later always notifies and leaves the request alone: a worker cannot
@@ -117,9 +117,9 @@ BEGIN
         RETURN;
     END IF;
     -- NOTE: this transaction may commit long after this statement. A worker
-    -- that stores a request meanwhile finds this lock taken and keeps polling
-    -- until it is released; one that stored it before this point is seen
-    -- below. Taking the lock before the lookup leaves no gap between them.
+    -- that stores a request meanwhile finds this lock taken and keeps
+    -- polling until it is released. A request stored before this point is
+    -- found below, because the lock comes before the lookup.
     PERFORM pg_advisory_xact_lock_shared(1667397495, cb_wake_lock_key(kind, name));
     PERFORM FROM cb_wake_requests r WHERE r.kind = kind AND r.name = name;
     IF NOT FOUND THEN

@@ -112,7 +112,7 @@ async fn delayed_send_always_notifies_its_time() -> anyhow::Result<()> {
     let expected = visible_at.timestamp_micros() as f64 / 1e6;
 
     // A message for later is announced with no request, and twice in a row:
-    // only the hint tells a reader when to look for it.
+    // only the hint gives a reader the time to look for it.
     for body in 1..=2 {
         client
             .send(
@@ -284,7 +284,7 @@ async fn open_consumer_neither_blocks_nor_silences() -> anyhow::Result<()> {
     let mut connection = db.pool.get().await?;
     let transaction = connection.transaction().await?;
     queue::send(&transaction, "wake_q", &json!(1), SendOpts::default()).await?;
-    // The open transaction holds the request it consumes. Another send
+    // The open transaction locks the request it consumes. Another send
     // neither waits for it nor stays silent, since it may roll back.
     tokio::time::timeout(
         Duration::from_secs(10),

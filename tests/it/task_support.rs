@@ -142,7 +142,7 @@ pub(crate) async fn wait_for_len<T: Clone>(log: &Log<T>, count: usize) {
     .await;
 }
 
-/// Waits until the database holds a wake-up request for task `name` that is
+/// Waits until the database contains a wake-up request for task `name` that is
 /// at least `age` old, so the claims a worker makes after storing it are over.
 pub(crate) async fn wait_for_request(pool: &deadpool_postgres::Pool, name: &str, age: Duration) {
     let age = age.as_secs_f64();

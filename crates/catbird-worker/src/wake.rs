@@ -29,11 +29,11 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 const TIMER_COALESCE: Duration = Duration::from_millis(5);
 
 /// How long a loop waits before it looks for work again after a request
-/// found a sender with unannounced work still open; each such request in a
+/// found a sender with unannounced work still open. Each such request in a
 /// row doubles it, up to [`PENDING_POLL_MAX`].
 const PENDING_POLL_FIRST: Duration = Duration::from_millis(20);
 
-/// The longest wait between two polls of a loop while a sender with
+/// The maximum wait between two polls of a loop while a sender with
 /// unannounced work is open.
 const PENDING_POLL_MAX: Duration = Duration::from_secs(1);
 
@@ -57,8 +57,8 @@ pub(crate) struct LoopWaker {
 /// Whether a loop's wake-up request is stored or being stored.
 #[derive(Debug, Default)]
 struct RequestState {
-    /// The `heard` count when the last request was stored; the request still
-    /// stands while the count is unchanged.
+    /// The `heard` count when the last request was stored. The request is
+    /// valid while the count is unchanged.
     stored_at: Option<u64>,
     /// Whether a request statement is running.
     in_flight: bool,
@@ -69,7 +69,7 @@ struct RequestState {
     pending_streak: u32,
 }
 
-/// How a request statement ended.
+/// The result of a request statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestOutcome {
     /// The request is stored and no sender with unannounced work is open.
@@ -87,19 +87,25 @@ impl LoopWaker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records that the loop's wake-up request may have been consumed.
+    /// Records that the loop's wake-up request may have been consumed. The
+    /// loop may then request again at once: a notification means a sender
+    /// found the last request, and without a new one the next sends would
+    /// stay silent until the retry time.
     fn forget_request(&self) {
+        let mut state = self.lock_request();
         self.heard.fetch_add(1, Ordering::AcqRel);
+        state.retry_at = None;
+        state.pending_streak = 0;
     }
 
-    /// Whether the database holds this loop's wake-up request, so that new
+    /// Whether the database contains this loop's wake-up request, so that new
     /// work notifies the worker.
     pub(crate) fn has_request(&self) -> bool {
         self.lock_request().stored_at == Some(self.heard.load(Ordering::Acquire))
     }
 
-    /// Starts a request unless one stands, is being stored, or must wait for
-    /// its retry time; returns the `heard` count to hand to
+    /// Starts a request unless a valid one exists, one is being stored, or
+    /// the retry time has not come. Returns the `heard` count to hand to
     /// [`LoopWaker::end_request`].
     fn begin_request(&self) -> Option<u64> {
         let mut state = self.lock_request();
@@ -112,9 +118,9 @@ impl LoopWaker {
         Some(heard)
     }
 
-    /// Ends a request begun when `heard` was `since`. A stored request
-    /// stands unless a notification came since it began. Returns when the
-    /// loop looks for work again after a pending one.
+    /// Ends a request begun when `heard` was `since`. A stored request is
+    /// valid unless a notification came since it began. Returns the time of
+    /// the loop's next look for work after a pending one.
     fn end_request(&self, since: u64, outcome: RequestOutcome) -> Option<Instant> {
         let mut state = self.lock_request();
         state.in_flight = false;
@@ -707,7 +713,12 @@ mod tests {
         assert!(*delays.last().unwrap() <= 1_000, "{delays:?}");
         assert!(*delays.last().unwrap() >= 990, "{delays:?}");
 
-        waker.lock_request().retry_at = None;
+        registry.dispatch("t|echo|");
+        assert_eq!(
+            waker.lock_request().retry_at,
+            None,
+            "a notification ends the wait"
+        );
         let since = waker.begin_request().expect("no retry time");
         assert_eq!(waker.end_request(since, RequestOutcome::Stored), None);
         assert!(waker.has_request(), "a stored request resets the backoff");
