@@ -298,7 +298,7 @@ async fn open_consumer_neither_blocks_nor_silences() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn request_rejects_unknown_kind_and_empty_name() -> anyhow::Result<()> {
+async fn request_rejects_bad_kind_and_name() -> anyhow::Result<()> {
     let (db, _client) = db_with_queue("wake_q").await;
     let connection = db.pool.get().await?;
     for (kind, name, expected) in [

@@ -646,7 +646,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_stands_until_its_work_is_heard() {
+    fn request_stands_until_work_heard() {
         let registry = Registry::default();
         let waker = registry.waker("t", "echo");
         let since = waker.begin_request().expect("no request yet");
