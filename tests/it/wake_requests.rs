@@ -38,8 +38,8 @@ async fn requests(session: &impl tokio_postgres::GenericClient, name: &str) -> i
 }
 
 /// Creates a run in a transaction while the worker is busy and commits it
-/// after the worker went idle and stored a request: the worker, told of the
-/// open sender, polls and starts the run long before its fallback poll.
+/// after the worker went idle and stored a request: the worker, informed of
+/// the open sender, polls and starts the run long before its fallback poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_commit_wakes_idle_worker() -> anyhow::Result<()> {
     let db = TestDb::new().await;

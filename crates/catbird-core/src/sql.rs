@@ -145,8 +145,8 @@ pub const LIST_WORKERS: &str =
 /// The wake-up channel of the installation in the connection's schema.
 pub const WAKE_CHANNEL: &str = "SELECT cb_wake_channel()";
 
-/// `cb_request_wake`: asks that the next work of a kind and name notifies;
-/// returns whether a sender with unannounced work is still open.
+/// `cb_request_wake`: requests a notification for the next work of a kind
+/// and name, and returns whether a sender with unannounced work is open.
 pub const REQUEST_WAKE: &str = "SELECT cb_request_wake(kind => $1, name => $2)";
 
 /// `cb_create_flow`.

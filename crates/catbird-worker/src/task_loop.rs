@@ -136,7 +136,7 @@ pub(crate) async fn idle_since(
 ///
 /// Without a healthy listen connection, or before the loop's wake-up request
 /// is stored, that is [`IDLE_POLL`]. While the worker listens and the
-/// request stands, every new, retried or released run notifies it, and
+/// request is valid, every new, retried or released run notifies it, and
 /// `next_visible` (from `cb_next_task_visible_in`) says when the next known
 /// run becomes visible. The poll then only catches
 /// runs that become claimable silently after that check, when the lease of

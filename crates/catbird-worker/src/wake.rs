@@ -98,8 +98,8 @@ impl LoopWaker {
         state.pending_streak = 0;
     }
 
-    /// Whether the database contains this loop's wake-up request, so that new
-    /// work notifies the worker.
+    /// Returns whether the database contains this loop's wake-up request, so
+    /// that new work notifies the worker.
     pub(crate) fn has_request(&self) -> bool {
         self.lock_request().stored_at == Some(self.heard.load(Ordering::Acquire))
     }
@@ -413,8 +413,8 @@ impl Registry {
                     waker.wake();
                     return;
                 }
-                // Work for later notifies whether or not a request stands,
-                // and leaves it standing.
+                // Work for later notifies whether or not a request exists,
+                // and leaves it in place.
                 match visible_in(rest) {
                     Some(delay) if !delay.is_zero() => waker.wake_at(Instant::now() + delay),
                     _ => waker.wake(),
@@ -425,7 +425,7 @@ impl Registry {
 }
 
 /// Stores the wake-up request of the loop for `kind` work of `name` in the
-/// background, unless it stands or the worker does not listen. Once the
+/// background, unless a valid one exists or the worker does not listen. Once the
 /// statement succeeded, the loop is woken to look for work that committed
 /// before the request.
 ///
@@ -705,7 +705,8 @@ mod tests {
             assert!(!waker.has_request(), "a pending request does not stand");
             delays.push((at - before).as_millis());
         }
-        assert!(delays[0] >= 20 && delays[0] < 40, "{delays:?}");
+        assert!(delays[0] >= 20, "{delays:?}");
+        assert!(delays[0] < 40, "{delays:?}");
         assert!(
             delays.windows(2).all(|pair| pair[1] >= pair[0]),
             "{delays:?}"
