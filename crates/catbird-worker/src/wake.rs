@@ -430,9 +430,9 @@ impl Registry {
 /// before the request.
 ///
 /// When the database reports an open transaction that sent work without a
-/// notification, the request does not count as standing, and the loop makes
-/// no new request before it looks for work again after 20 ms, doubling with
-/// each such report up to 1 s. A request that fails is only logged: the
+/// notification, the request is not valid. The loop then makes no new
+/// request before it looks for work again after 20 ms, doubling with each
+/// such report up to 1 s. A request that fails is only logged: the
 /// loop then keeps polling at its short interval and tries again when it
 /// next waits.
 pub(crate) fn request_wake(
