@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL, linked into one binary to keep
 //! build and link time down. Each test creates its own database.
 
+mod busy_poll;
 mod conditions;
 mod flow_cancel;
 mod flow_conditions;

@@ -382,6 +382,15 @@ impl StepHandler {
         self
     }
 
+    /// Sets how long the loop waits before claiming again after a claim
+    /// that returned fewer step runs than it asked for, but some; zero waits for
+    /// a wake-up instead (see
+    /// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)).
+    pub fn busy_poll(mut self, delay: Duration) -> Self {
+        self.opts.busy_poll = Some(delay);
+        self
+    }
+
     /// Sets the execution deadline; zero means none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.opts.timeout = timeout;

@@ -17,11 +17,11 @@ use crate::breaker::CircuitBreakerStrategy;
 use crate::fanout::{GeneratorFn, ItemPages, ItemSink, ReducerFn};
 use crate::flow::{Flow, FlowFailure, FlowOnFailFn, StepArgs, StepCallFn, StepContext};
 use crate::item_loop::{ItemLoop, Mapped, item_loop_run};
-use crate::options::HandlerOpts;
+use crate::options::{HandlerOpts, STEP_BUSY_POLL};
 use crate::retry::with_retries;
 use crate::task_loop::{
-    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, idle_since, pause_after_error, retry_delay_ms,
-    supervise,
+    IDLE_POLL, IDLE_POLL_ON_FAIL, Supervised, after_short_claim, idle_since, pause_after_error,
+    retry_delay_ms, supervise,
 };
 use crate::worker::Shared;
 
@@ -177,8 +177,9 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
             }
             break;
         }
-        // A short claim took every visible step: wait for a wake-up before
-        // claiming again, rather than spend a claim that finds nothing.
+        // A short claim took every visible step. While work keeps coming the
+        // loop claims again after the busy poll; with a zero busy poll it
+        // waits for a wake-up rather than spend a claim that finds nothing.
         let short = rows.len() < usize::try_from(quantity).unwrap_or(usize::MAX);
 
         let steps: Vec<ClaimedStep> = rows
@@ -219,7 +220,16 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
             };
             executions.spawn(execute(shared.clone(), handler.clone(), step, permit));
         }
-        if short && !idle_since(&shared, "s", &handler.key, seen, IDLE_POLL).await {
+        if short
+            && !after_short_claim(
+                &shared,
+                "s",
+                &handler.key,
+                seen,
+                handler.opts.busy_poll_or(STEP_BUSY_POLL),
+            )
+            .await
+        {
             break;
         }
     }

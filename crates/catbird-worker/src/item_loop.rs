@@ -14,10 +14,11 @@ use crate::backoff::BackoffStrategy;
 use crate::breaker::CircuitBreakerStrategy;
 use crate::flow::{StepArgs, StepCallFn, StepContext};
 use crate::flow_loop::watch_run;
-use crate::options::HandlerOpts;
+use crate::options::{HandlerOpts, STEP_BUSY_POLL};
 use crate::retry::with_retries;
 use crate::task_loop::{
-    IDLE_POLL, Supervised, idle_since, pause_after_error, retry_delay_ms, supervise,
+    IDLE_POLL, Supervised, after_short_claim, idle_since, pause_after_error, retry_delay_ms,
+    supervise,
 };
 use crate::worker::Shared;
 
@@ -127,8 +128,9 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
             }
             break;
         }
-        // A short claim took every visible item: wait for a wake-up before
-        // claiming again.
+        // A short claim took every visible item. While work keeps coming the
+        // loop claims again after the busy poll; with a zero busy poll it
+        // waits for a wake-up rather than spend a claim that finds nothing.
         let short = rows.len() < usize::try_from(quantity).unwrap_or(usize::MAX);
 
         let items: Vec<ClaimedItem> = rows
@@ -197,7 +199,16 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
                 completions.clone(),
             ));
         }
-        if short && !idle_since(&shared, "i", &handler.key, seen, IDLE_POLL).await {
+        if short
+            && !after_short_claim(
+                &shared,
+                "i",
+                &handler.key,
+                seen,
+                handler.opts.busy_poll_or(STEP_BUSY_POLL),
+            )
+            .await
+        {
             break;
         }
     }

@@ -61,7 +61,7 @@ pub use flow::{
     Flow, FlowFailure, IntoStepHandler, StepArgs, StepContext, StepHandler, StepToken, cancel_flow,
     complete_early,
 };
-pub use options::HandlerOpts;
+pub use options::{HandlerOpts, MAX_BUSY_POLL, STEP_BUSY_POLL};
 pub use task::{IntoTaskHandler, TaskContext, TaskFailure, TaskHandler, cancel};
 pub use worker::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE, DEFAULT_SHUTDOWN_TIMEOUT, GC_INTERVAL, Worker,

@@ -1,5 +1,5 @@
-//! Handler options: concurrency, batching, timeout, retries, backoff and the
-//! circuit breaker.
+//! Handler options: concurrency, batching, polling while busy, timeout,
+//! retries, backoff and the circuit breaker.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use crate::breaker::{CircuitBreaker, CircuitBreakerStrategy};
 /// The options a worker runs one handler with.
 ///
 /// The defaults: concurrency 4, batch size 64, timeout 30 s, 2 retries,
-/// full-jitter backoff from 100 ms to 2 s, no circuit breaker.
+/// full-jitter backoff from 100 ms to 2 s, no circuit breaker, and the
+/// handler kind's `busy_poll` (none for tasks, 2 ms for flow steps and map
+/// items).
 #[derive(Clone)]
 pub struct HandlerOpts {
     /// The maximum number of simultaneous executions in one worker.
@@ -19,6 +21,14 @@ pub struct HandlerOpts {
     /// The maximum number of runs claimed at once; claimed runs wait for a
     /// free execution slot.
     pub batch_size: usize,
+    /// How long a loop waits before it claims again after a claim that
+    /// returned some work but less than it asked for. Zero makes it wait for
+    /// a wake-up instead, which it does anyway after a claim that returned
+    /// nothing. `None` takes the handler kind's default: zero for task
+    /// handlers, which favour the latency of a run arriving alone, and
+    /// [`STEP_BUSY_POLL`] for flow steps and map items, whose next work
+    /// usually becomes ready while earlier work still runs.
+    pub busy_poll: Option<Duration>,
     /// The deadline of one execution; zero means none. At the deadline the
     /// handler's cancellation token fires and the attempt fails.
     pub timeout: Duration,
@@ -43,6 +53,7 @@ impl fmt::Debug for HandlerOpts {
         f.debug_struct("HandlerOpts")
             .field("concurrency", &self.concurrency)
             .field("batch_size", &self.batch_size)
+            .field("busy_poll", &self.busy_poll)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
             .field("backoff_min", &self.backoff_min)
@@ -65,6 +76,7 @@ impl Default for HandlerOpts {
         HandlerOpts {
             concurrency: 4,
             batch_size: 64,
+            busy_poll: None,
             timeout: Duration::from_secs(30),
             max_retries: 2,
             backoff_min: Duration::from_millis(100),
@@ -75,6 +87,16 @@ impl Default for HandlerOpts {
         }
     }
 }
+
+/// The `busy_poll` of flow steps and map items that configure none.
+///
+/// Waiting for a wake-up after each short claim costs a request statement
+/// and a notification per step; with a chain of no-op steps that halved the
+/// flow rate on 2 cores (docs/benchmarks.md).
+pub const STEP_BUSY_POLL: Duration = Duration::from_millis(2);
+
+/// The longest `busy_poll` that [`HandlerOpts::validate`] accepts.
+pub const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
 
 /// The default backoff of on-fail handlers that configure none.
 pub(crate) const ON_FAIL_BACKOFF: (Duration, Duration) =
@@ -98,6 +120,19 @@ impl HandlerOpts {
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size;
         self
+    }
+
+    /// Sets how long a loop waits before claiming again after a short claim
+    /// that returned work; zero waits for a wake-up instead. See
+    /// [`HandlerOpts::busy_poll`](HandlerOpts#structfield.busy_poll).
+    pub fn busy_poll(mut self, delay: Duration) -> Self {
+        self.busy_poll = Some(delay);
+        self
+    }
+
+    /// Returns the `busy_poll` in force: the one set, or `default`.
+    pub(crate) fn busy_poll_or(&self, default: Duration) -> Duration {
+        self.busy_poll.unwrap_or(default)
     }
 
     /// Sets the execution deadline; zero means none.
@@ -144,6 +179,13 @@ impl HandlerOpts {
         }
         if self.batch_size == 0 {
             return Err("batch size must be greater than zero".to_owned());
+        }
+        if let Some(delay) = self.busy_poll {
+            if delay > MAX_BUSY_POLL {
+                return Err(format!(
+                    "busy poll ({delay:?}) must be at most {MAX_BUSY_POLL:?}"
+                ));
+            }
         }
         // Without retries the backoff is never used, so it is not checked.
         if self.max_retries > 0
@@ -218,6 +260,29 @@ mod tests {
     fn zero_batch_size_is_rejected() {
         let error = HandlerOpts::default().batch_size(0).validate().unwrap_err();
         assert_eq!(error, "batch size must be greater than zero");
+    }
+
+    #[test]
+    fn busy_poll_defaults_to_handler_kind() {
+        let opts = HandlerOpts::default();
+        assert_eq!(opts.busy_poll_or(STEP_BUSY_POLL), STEP_BUSY_POLL);
+        assert_eq!(opts.busy_poll_or(Duration::ZERO), Duration::ZERO);
+        let set = opts.busy_poll(Duration::ZERO);
+        assert_eq!(set.busy_poll_or(STEP_BUSY_POLL), Duration::ZERO);
+        set.validate().unwrap();
+    }
+
+    #[test]
+    fn long_busy_poll_is_rejected() {
+        let error = HandlerOpts::default()
+            .busy_poll(Duration::from_millis(1500))
+            .validate()
+            .unwrap_err();
+        assert_eq!(error, "busy poll (1.5s) must be at most 1s");
+        HandlerOpts::default()
+            .busy_poll(MAX_BUSY_POLL)
+            .validate()
+            .unwrap();
     }
 
     #[test]

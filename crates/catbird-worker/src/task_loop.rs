@@ -132,6 +132,33 @@ pub(crate) async fn idle_since(
     }
 }
 
+/// Waits `delay` before a busy loop claims again (see
+/// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)).
+/// Returns false on shutdown.
+pub(crate) async fn busy_pause(shared: &Shared, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = shared.shutdown.cancelled() => false,
+    }
+}
+
+/// Waits after a claim that came back `short`: `busy_poll` when the claim
+/// returned work and the option is not zero, else until a wake-up (see
+/// [`idle_since`]). Returns false on shutdown.
+pub(crate) async fn after_short_claim(
+    shared: &Shared,
+    kind: &str,
+    name: &str,
+    seen: u64,
+    busy_poll: Duration,
+) -> bool {
+    if busy_poll.is_zero() {
+        idle_since(shared, kind, name, seen, IDLE_POLL).await
+    } else {
+        busy_pause(shared, busy_poll).await
+    }
+}
+
 /// How long an idle run loop waits before it polls without a wake-up.
 ///
 /// Without a healthy listen connection, or before the loop's wake-up request
@@ -280,7 +307,13 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         last_claim_full = runs.len() == quantity;
                         // A wake-up since the claim started may be for a run
                         // its snapshot missed: claim again rather than wait.
-                        if runs.len() < quantity && waker.wakes() == wakes_before {
+                        let busy_poll = handler.opts.busy_poll_or(Duration::ZERO);
+                        if !runs.is_empty() && runs.len() < quantity && !busy_poll.is_zero() {
+                            // Busy: claim again after the poll delay, with
+                            // no wake-up request.
+                            wait_until = Some(Instant::now() + busy_poll);
+                            wake_ends_wait = false;
+                        } else if runs.len() < quantity && waker.wakes() == wakes_before {
                             request_wake(&shared.pool, &shared.registry, "t", &handler.name);
                             let connections = shared.registry.connections();
                             if shared.registry.is_listening() && checked_for_connection != Some(connections) {

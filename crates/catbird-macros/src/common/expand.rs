@@ -114,6 +114,10 @@ pub(crate) fn option_calls(private: &TokenStream, opts: &HandlerOpts) -> TokenSt
         let batch_size = integer_tokens(batch_size);
         calls.extend(quote!(.batch_size(#batch_size)));
     }
+    if let Some(busy_poll) = &opts.busy_poll {
+        let busy_poll = duration_tokens(private, busy_poll);
+        calls.extend(quote!(.busy_poll(#busy_poll)));
+    }
     if let Some(timeout) = &opts.timeout {
         let timeout = duration_tokens(private, timeout);
         calls.extend(quote!(.timeout(#timeout)));

@@ -23,6 +23,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(condition);
     syn::custom_keyword!(concurrency);
     syn::custom_keyword!(batch_size);
+    syn::custom_keyword!(busy_poll);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(max_retries);
     syn::custom_keyword!(backoff);
@@ -70,6 +71,7 @@ pub(crate) struct Opt<T> {
 pub(crate) struct HandlerArgs {
     pub(crate) concurrency: Option<Opt<LitInt>>,
     pub(crate) batch_size: Option<Opt<LitInt>>,
+    pub(crate) busy_poll: Option<Opt<LitStr>>,
     pub(crate) timeout: Option<Opt<LitStr>>,
     pub(crate) max_retries: Option<Opt<LitInt>>,
     pub(crate) backoff: Option<Opt<BackoffArgs>>,
@@ -266,6 +268,10 @@ pub(crate) fn parse_handler_option(
         let key = key::<kw::batch_size>(input, "batch_size")?;
         let value = eq_value(input, key, "an integer", "batch_size = 64")?;
         set(&mut args.batch_size, value, errors);
+    } else if lookahead.peek(kw::busy_poll) {
+        let key = key::<kw::busy_poll>(input, "busy_poll")?;
+        let value = eq_value(input, key, "a duration string", "busy_poll = \"2ms\"")?;
+        set(&mut args.busy_poll, value, errors);
     } else if lookahead.peek(kw::timeout) {
         let key = key::<kw::timeout>(input, "timeout")?;
         let value = eq_value(input, key, "a duration string", "timeout = \"30s\"")?;

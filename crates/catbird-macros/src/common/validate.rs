@@ -19,6 +19,9 @@ use crate::errors::Errors;
 /// in tables named after them.
 const MAX_NAME_LEN: usize = 58;
 
+/// The longest `busy_poll`, as `catbird_worker::MAX_BUSY_POLL`.
+const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
+
 /// A checked value with the span of the tokens it came from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Value<T> {
@@ -31,6 +34,7 @@ pub(crate) struct Value<T> {
 pub(crate) struct HandlerOpts {
     pub(crate) concurrency: Option<Value<u64>>,
     pub(crate) batch_size: Option<Value<u64>>,
+    pub(crate) busy_poll: Option<Value<Duration>>,
     pub(crate) timeout: Option<Value<Duration>>,
     pub(crate) max_retries: Option<Value<u64>>,
     pub(crate) backoff: Option<(Value<Duration>, Value<Duration>)>,
@@ -240,6 +244,21 @@ pub(crate) fn handler_opts(args: &HandlerArgs, kind: Kind, errors: &mut Errors) 
             errors,
         )
     });
+    let busy_poll = args.busy_poll.as_ref().and_then(|opt| {
+        let delay = duration(&opt.value, errors)?;
+        if delay.value > MAX_BUSY_POLL {
+            errors.at_span(
+                delay.span,
+                format_args!(
+                    "`busy_poll` ({:?}) must be at most {MAX_BUSY_POLL:?}: it is the pause \
+                     between claims while work keeps coming",
+                    delay.value
+                ),
+            );
+            return None;
+        }
+        Some(delay)
+    });
     let timeout = args
         .timeout
         .as_ref()
@@ -299,6 +318,7 @@ pub(crate) fn handler_opts(args: &HandlerArgs, kind: Kind, errors: &mut Errors) 
     HandlerOpts {
         concurrency,
         batch_size,
+        busy_poll,
         timeout,
         max_retries,
         backoff,

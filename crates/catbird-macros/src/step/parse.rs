@@ -30,6 +30,7 @@ pub(crate) const STEP_OPTIONS: &[&str] = &[
     "item",
     "concurrency",
     "batch_size",
+    "busy_poll",
     "timeout",
     "max_retries",
     "backoff",
@@ -503,7 +504,8 @@ mod tests {
                 "unknown step option `depends`; did you mean `depends_on`? expected one of \
                  `name`, `description`, `depends_on`, `condition`, `signal`, `ignore_output`, \
                  `optional`, `map_input`, `map`, `generator`, `reduce`, `item`, `concurrency`, \
-                 `batch_size`, `timeout`, `max_retries`, `backoff`, `circuit_breaker`, `crate`"
+                 `batch_size`, `busy_poll`, `timeout`, `max_retries`, `backoff`, \
+                 `circuit_breaker`, `crate`"
             ]
         );
     }

@@ -18,6 +18,7 @@ pub(crate) const TASK_OPTIONS: &[&str] = &[
     "condition",
     "concurrency",
     "batch_size",
+    "busy_poll",
     "timeout",
     "max_retries",
     "backoff",
@@ -32,6 +33,7 @@ pub(crate) const ON_FAIL_OPTIONS: &[&str] = &[
     "handler",
     "concurrency",
     "batch_size",
+    "busy_poll",
     "timeout",
     "max_retries",
     "backoff",
@@ -272,7 +274,7 @@ mod tests {
             errors,
             [
                 "unknown task option `priority`; expected one of `name`, `description`, \
-                 `condition`, `concurrency`, `batch_size`, `timeout`, `max_retries`, \
+                 `condition`, `concurrency`, `batch_size`, `busy_poll`, `timeout`, `max_retries`, \
                  `backoff`, `circuit_breaker`, `retention`, `on_fail`, `crate`"
             ]
         );

@@ -73,6 +73,7 @@ pub async fn approve(
     optional("approve"),
     concurrency = 5,
     batch_size = 10,
+    busy_poll = "5ms",
     timeout = "30s",
     max_retries = 3,
     backoff(min = "500ms", max = "10s"),
@@ -132,6 +133,10 @@ fn main() {
     let handler = ship::handler();
     assert_eq!(handler.options().concurrency, 5);
     assert_eq!(handler.options().batch_size, 10);
+    assert_eq!(
+        handler.options().busy_poll,
+        Some(std::time::Duration::from_millis(5))
+    );
 
     let pool = catbird::pool_from_url("postgres://127.0.0.1/app", 1).unwrap();
     drop(Worker::new(pool).flow(flow));

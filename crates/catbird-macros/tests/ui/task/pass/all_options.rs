@@ -26,6 +26,7 @@ pub async fn notify(email: Email, failure: TaskFailure) -> anyhow::Result<()> {
     name = "send_email",
     concurrency = 5,
     batch_size = 10,
+    busy_poll = "5ms",
     timeout = "30s",
     max_retries = 3,
     backoff(min = "500ms", max = "10s"),
@@ -61,5 +62,9 @@ fn main() {
     assert!(definition.has_on_fail);
     let handler = send_email::handler();
     assert_eq!(handler.options().concurrency, 5);
+    assert_eq!(
+        handler.options().busy_poll,
+        Some(std::time::Duration::from_millis(5))
+    );
     let _ = use_it;
 }
