@@ -407,3 +407,61 @@ async fn changing_a_map_source_names_the_field() -> anyhow::Result<()> {
     assert!(message.contains("step \"m\" has map_source a"), "{message}");
     Ok(())
 }
+
+/// An item's execution slot is free once its handler returned: while the
+/// writer waits to record the first item's completion, the next item runs
+/// in the same single slot, and both completions are recorded after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_slot_frees_before_write() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let events = Events::default();
+    let seen = events.clone();
+    let double = step(
+        StepDef::new("double").map_input(),
+        move |args: StepArgs, _ctx: StepContext| {
+            let seen = seen.clone();
+            async move {
+                let n: i64 = args.input()?;
+                seen.record(format!("item {n}"));
+                Ok(n * 2)
+            }
+        },
+    )
+    .concurrency(1)
+    .batch_size(1);
+    let flow = Flow::new("slots").step(double);
+    client.create_flow(flow.definition()).await?;
+
+    // Completing items locks their run's row first, so holding that lock
+    // keeps the first completion from being written.
+    let run = client
+        .run_flow("slots", &json!([1, 2]), RunFlowOpts::default())
+        .await?;
+    let mut session = db.connect().await;
+    let lock = session.transaction().await?;
+    lock.execute(
+        "SELECT 1 FROM cb_f_slots WHERE id = $1 FOR UPDATE",
+        &[&run.id()],
+    )
+    .await?;
+
+    let worker = start(&db, Worker::new(db.pool.clone()).flow(flow)).await;
+    events.wait_for("item 1").await;
+    events.wait_for("item 2").await;
+    let unfinished = sql_rows(
+        &db,
+        "SELECT count(*) FROM cb_m_slots WHERE status <> 'completed'",
+    )
+    .await;
+    assert_eq!(
+        unfinished[0].get::<_, i64>(0),
+        2,
+        "no completion was written yet"
+    );
+
+    lock.commit().await?;
+    assert_eq!(output_of(&client, &run).await?, json!([2, 4]));
+    worker.stop().await;
+    Ok(())
+}

@@ -77,7 +77,9 @@ fn stop_key(id: i64) -> i64 {
 pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
     let semaphore = Arc::new(Semaphore::new(handler.opts.concurrency));
     let batch = i32::try_from(handler.opts.batch_size).unwrap_or(i32::MAX);
-    let (completions, receiver) = mpsc::unbounded_channel();
+    // Bounded, so that completions waiting for the writer hold execution
+    // slots once the writer falls behind.
+    let (completions, receiver) = mpsc::channel(handler.opts.concurrency + handler.opts.batch_size);
     let writer = tokio::spawn(write_completions(
         shared.clone(),
         handler.flow.clone(),
@@ -238,8 +240,9 @@ async fn execute(
     handler: Arc<ItemLoop>,
     item: ClaimedItem,
     permit: OwnedSemaphorePermit,
-    completions: mpsc::UnboundedSender<Completion>,
+    completions: mpsc::Sender<Completion>,
 ) {
+    let mut permit = Some(permit);
     let token = item.token.clone();
     let (id, run_id, attempt) = (item.id, item.flow_run_id, item.attempt);
     let watcher = tokio::spawn(watch_run(
@@ -258,13 +261,17 @@ async fn execute(
                 breaker.record_success();
             }
             let (recorded, written) = oneshot::channel();
-            let sent = completions.send(Completion {
-                id,
-                attempt,
-                output,
-                recorded,
-            });
-            // The lease is renewed until the completion is durable.
+            let sent = completions
+                .send(Completion {
+                    id,
+                    attempt,
+                    output,
+                    recorded,
+                })
+                .await;
+            // The slot is free once the writer has the result, and the
+            // lease is renewed until the completion is durable.
+            drop(permit.take());
             if sent.is_ok() {
                 let _ = written.await;
             }
@@ -372,7 +379,7 @@ async fn fail(shared: &Shared, handler: &ItemLoop, id: i64, attempt: i32, messag
 async fn write_completions(
     shared: Arc<Shared>,
     flow: Arc<str>,
-    mut receiver: mpsc::UnboundedReceiver<Completion>,
+    mut receiver: mpsc::Receiver<Completion>,
 ) {
     let never = CancellationToken::new();
     let mut batch = Vec::new();
