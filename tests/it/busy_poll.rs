@@ -1,6 +1,7 @@
-//! Polling while busy: a loop whose claim came back short but not empty
-//! claims again after its busy poll instead of waiting for a wake-up, and
-//! still goes idle, with a wake-up request, once a claim finds nothing.
+//! Polling while busy: a loop whose last two claims returned work, the
+//! second less than it asked for, claims again after its busy poll instead
+//! of waiting for a wake-up, and still goes idle, with a wake-up request,
+//! once a claim finds nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,14 +116,17 @@ async fn busy_step_loop_claims_unannounced_steps() -> anyhow::Result<()> {
     client.create_flow(flow.definition()).await?;
     let (shutdown, worker) = start_unlistening(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
-    // The idle loop finds the first run with its poll and claims it alone.
+    // The idle loop finds the first run with its poll and claims it alone;
+    // after one claim with work it is not busy yet and polls again later.
     client.run_flow("gated", &1, RunFlowOpts::default()).await?;
     events.wait_for("1").await;
-    // The claim was short but not empty: the loop claims again after its
-    // busy poll, and nothing announces the second run.
-    let created = Instant::now();
     client.run_flow("gated", &2, RunFlowOpts::default()).await?;
-    let waited = started_after(&events, "2", created).await;
+    events.wait_for("2").await;
+    // Two short claims with work in a row: the loop claims again after its
+    // busy poll, and nothing announces the third run.
+    let created = Instant::now();
+    client.run_flow("gated", &3, RunFlowOpts::default()).await?;
+    let waited = started_after(&events, "3", created).await;
 
     gate.add_permits(1_000);
     shutdown.cancel();
@@ -146,9 +150,11 @@ async fn busy_task_loop_claims_unannounced_runs() -> anyhow::Result<()> {
 
     client.run_task("gated", &1, RunTaskOpts::default()).await?;
     events.wait_for("1").await;
-    let created = Instant::now();
     client.run_task("gated", &2, RunTaskOpts::default()).await?;
-    let waited = started_after(&events, "2", created).await;
+    events.wait_for("2").await;
+    let created = Instant::now();
+    client.run_task("gated", &3, RunTaskOpts::default()).await?;
+    let waited = started_after(&events, "3", created).await;
 
     gate.add_permits(1_000);
     shutdown.cancel();

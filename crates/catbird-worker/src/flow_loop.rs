@@ -137,6 +137,8 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
     let quantity = i32::try_from(handler.opts.batch_size).unwrap_or(i32::MAX);
     let mut executions = JoinSet::new();
     let mut failures = 0;
+    // Whether the previous claim returned work.
+    let mut busy = false;
     let waker = shared.registry.waker("s", &handler.key);
 
     'claiming: loop {
@@ -162,6 +164,7 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
             }
             Err(error) => {
                 failures += 1;
+                busy = false;
                 tracing::warn!(flow = %handler.flow, step = %handler.step, %error, "could not claim steps");
                 drop(permit);
                 if pause_after_error(&shared, failures).await {
@@ -171,16 +174,24 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
             }
         };
         if rows.is_empty() {
+            busy = false;
             drop(permit);
             if idle_since(&shared, "s", &handler.key, seen, IDLE_POLL).await {
                 continue;
             }
             break;
         }
-        // A short claim took every visible step. While work keeps coming the
-        // loop claims again after the busy poll; with a zero busy poll it
-        // waits for a wake-up rather than spend a claim that finds nothing.
+        // A short claim took every visible step. After a claim that returned
+        // work too, the loop is busy and claims again after its busy poll.
+        // Otherwise it waits for a wake-up rather than spend a claim that
+        // finds nothing.
         let short = rows.len() < usize::try_from(quantity).unwrap_or(usize::MAX);
+        let busy_poll = if busy {
+            handler.opts.busy_poll_or(STEP_BUSY_POLL)
+        } else {
+            Duration::ZERO
+        };
+        busy = true;
 
         let steps: Vec<ClaimedStep> = rows
             .iter()
@@ -220,16 +231,7 @@ async fn step_loop_run(shared: Arc<Shared>, handler: Arc<StepLoop>) {
             };
             executions.spawn(execute(shared.clone(), handler.clone(), step, permit));
         }
-        if short
-            && !after_short_claim(
-                &shared,
-                "s",
-                &handler.key,
-                seen,
-                handler.opts.busy_poll_or(STEP_BUSY_POLL),
-            )
-            .await
-        {
+        if short && !after_short_claim(&shared, "s", &handler.key, seen, busy_poll).await {
             break;
         }
     }

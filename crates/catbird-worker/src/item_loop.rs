@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use catbird_core::{Executor, JsonText, sql};
 use serde_json::{Map, Value};
@@ -87,6 +88,8 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
     ));
     let mut executions = JoinSet::new();
     let mut failures = 0;
+    // Whether the previous claim returned work.
+    let mut busy = false;
     let waker = shared.registry.waker("i", &handler.key);
 
     'claiming: loop {
@@ -115,6 +118,7 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
             }
             Err(error) => {
                 failures += 1;
+                busy = false;
                 tracing::warn!(flow = %handler.flow, step = %handler.step, %error, "could not claim map items");
                 drop(permit);
                 if pause_after_error(&shared, failures).await {
@@ -124,16 +128,24 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
             }
         };
         if rows.is_empty() {
+            busy = false;
             drop(permit);
             if idle_since(&shared, "i", &handler.key, seen, IDLE_POLL).await {
                 continue;
             }
             break;
         }
-        // A short claim took every visible item. While work keeps coming the
-        // loop claims again after the busy poll; with a zero busy poll it
-        // waits for a wake-up rather than spend a claim that finds nothing.
+        // A short claim took every visible item. After a claim that returned
+        // work too, the loop is busy and claims again after its busy poll.
+        // Otherwise it waits for a wake-up rather than spend a claim that
+        // finds nothing.
         let short = rows.len() < usize::try_from(quantity).unwrap_or(usize::MAX);
+        let busy_poll = if busy {
+            handler.opts.busy_poll_or(STEP_BUSY_POLL)
+        } else {
+            Duration::ZERO
+        };
+        busy = true;
 
         let items: Vec<ClaimedItem> = rows
             .iter()
@@ -201,16 +213,7 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
                 completions.clone(),
             ));
         }
-        if short
-            && !after_short_claim(
-                &shared,
-                "i",
-                &handler.key,
-                seen,
-                handler.opts.busy_poll_or(STEP_BUSY_POLL),
-            )
-            .await
-        {
+        if short && !after_short_claim(&shared, "i", &handler.key, seen, busy_poll).await {
             break;
         }
     }

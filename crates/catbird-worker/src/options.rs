@@ -21,11 +21,12 @@ pub struct HandlerOpts {
     /// The maximum number of runs claimed at once; claimed runs wait for a
     /// free execution slot.
     pub batch_size: usize,
-    /// How long a loop waits before it claims again after a claim that
-    /// returned some work but less than it asked for. Zero makes it wait for
-    /// a wake-up instead, which it does anyway after a claim that returned
-    /// nothing. `None` takes the handler kind's default: zero for task
-    /// handlers, which favour the latency of a run arriving alone, and
+    /// How long a busy loop waits before it claims again after a claim that
+    /// returned some work but less than it asked for. A loop is busy when
+    /// the claim before also returned work. Zero makes it wait for a wake-up
+    /// instead, as it does after any short claim when it is not busy.
+    /// `None` takes the handler kind's default: zero for task handlers,
+    /// which favour the latency of a run arriving alone, and
     /// [`STEP_BUSY_POLL`] for flow steps and map items, whose next work
     /// usually becomes ready while earlier work still runs.
     pub busy_poll: Option<Duration>,
@@ -122,8 +123,8 @@ impl HandlerOpts {
         self
     }
 
-    /// Sets how long a loop waits before claiming again after a short claim
-    /// that returned work; zero waits for a wake-up instead. See
+    /// Sets how long a busy loop waits before claiming again after a short
+    /// claim that returned work; zero waits for a wake-up instead. See
     /// [`HandlerOpts::busy_poll`](HandlerOpts#structfield.busy_poll).
     pub fn busy_poll(mut self, delay: Duration) -> Self {
         self.busy_poll = Some(delay);

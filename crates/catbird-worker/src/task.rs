@@ -246,9 +246,9 @@ impl TaskHandler {
         self
     }
 
-    /// Sets how long the loop waits before claiming again after a claim
-    /// that returned fewer runs than it asked for, but some; zero waits for
-    /// a wake-up instead (see
+    /// Sets how long the loop waits, while busy, before claiming again after
+    /// a claim that returned fewer runs than it asked for, but some; zero
+    /// waits for a wake-up instead (see
     /// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)).
     pub fn busy_poll(mut self, delay: Duration) -> Self {
         self.opts.busy_poll = Some(delay);

@@ -243,6 +243,8 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     // Runs asked for by the claims in flight.
     let mut claiming = 0;
     let mut last_claim_full = false;
+    // Whether the last claim returned runs.
+    let mut last_claim_had_runs = false;
     let max_held = concurrency + 2 * batch_size;
     // When set, no claim starts before this time, or before a wake-up when
     // `wake_ends_wait` is also set.
@@ -307,10 +309,13 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         last_claim_full = runs.len() == quantity;
                         // A wake-up since the claim started may be for a run
                         // its snapshot missed: claim again rather than wait.
+                        // After two claims with runs in a row the loop is
+                        // busy: it claims again after its busy poll, with
+                        // no wake-up request.
+                        let busy = last_claim_had_runs && !runs.is_empty();
+                        last_claim_had_runs = !runs.is_empty();
                         let busy_poll = handler.opts.busy_poll_or(Duration::ZERO);
-                        if !runs.is_empty() && runs.len() < quantity && !busy_poll.is_zero() {
-                            // Busy: claim again after the poll delay, with
-                            // no wake-up request.
+                        if busy && runs.len() < quantity && !busy_poll.is_zero() {
                             wait_until = Some(Instant::now() + busy_poll);
                             wake_ends_wait = false;
                         } else if runs.len() < quantity && waker.wakes() == wakes_before {
@@ -349,6 +354,7 @@ async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
                         failures += 1;
                         claiming -= quantity;
                         last_claim_full = false;
+                        last_claim_had_runs = false;
                         tracing::warn!(task = %handler.name, %error, "could not claim runs");
                         wait_until = Some(Instant::now() + error_pause(failures));
                         wake_ends_wait = false;
