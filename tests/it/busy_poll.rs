@@ -1,7 +1,7 @@
-//! Polling while busy: a loop whose last two claims returned work, the
+//! Polling while busy. A loop whose last two claims returned work, the
 //! second less than it asked for, claims again after its busy poll instead
-//! of waiting for a wake-up, and still goes idle, with a wake-up request,
-//! once a claim finds nothing.
+//! of waiting for a wake-up. Once a claim finds nothing, it goes idle and
+//! stores a wake-up request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,12 +116,13 @@ async fn busy_step_loop_claims_unannounced_steps() -> anyhow::Result<()> {
     client.create_flow(flow.definition()).await?;
     let (shutdown, worker) = start_unlistening(&db, Worker::new(db.pool.clone()).flow(flow)).await;
 
-    // The idle loop finds the first run with its poll and claims it alone;
-    // after one claim with work it is not busy yet and polls again later.
+    // The idle loop finds the first run with its poll and claims it alone.
+    // After one claim with work it is not busy yet, so it polls again later.
     client.run_flow("gated", &1, RunFlowOpts::default()).await?;
     events.wait_for("1").await;
+    let first = Instant::now();
     client.run_flow("gated", &2, RunFlowOpts::default()).await?;
-    events.wait_for("2").await;
+    let idle_wait = started_after(&events, "2", first).await;
     // Two short claims with work in a row: the loop claims again after its
     // busy poll, and nothing announces the third run.
     let created = Instant::now();
@@ -131,6 +132,11 @@ async fn busy_step_loop_claims_unannounced_steps() -> anyhow::Result<()> {
     gate.add_permits(1_000);
     shutdown.cancel();
     worker.await??;
+    assert!(
+        idle_wait > BUSY_POLL * 2,
+        "after one claim with work the loop was not busy yet, but the next \
+         step waited only {idle_wait:?} (busy poll {BUSY_POLL:?}, idle poll 2 s)"
+    );
     assert!(
         waited < BUSY_POLL * 3,
         "a step that became ready while its loop was busy waited {waited:?} \
@@ -150,8 +156,9 @@ async fn busy_task_loop_claims_unannounced_runs() -> anyhow::Result<()> {
 
     client.run_task("gated", &1, RunTaskOpts::default()).await?;
     events.wait_for("1").await;
+    let first = Instant::now();
     client.run_task("gated", &2, RunTaskOpts::default()).await?;
-    events.wait_for("2").await;
+    let idle_wait = started_after(&events, "2", first).await;
     let created = Instant::now();
     client.run_task("gated", &3, RunTaskOpts::default()).await?;
     let waited = started_after(&events, "3", created).await;
@@ -159,6 +166,11 @@ async fn busy_task_loop_claims_unannounced_runs() -> anyhow::Result<()> {
     gate.add_permits(1_000);
     shutdown.cancel();
     worker.await??;
+    assert!(
+        idle_wait > BUSY_POLL * 2,
+        "after one claim with runs the loop was not busy yet, but the next \
+         run waited only {idle_wait:?} (busy poll {BUSY_POLL:?}, idle poll 2 s)"
+    );
     assert!(
         waited < BUSY_POLL * 3,
         "a run created while its loop was busy waited {waited:?} \
@@ -217,8 +229,8 @@ async fn busy_loops_go_idle_after_a_burst() -> anyhow::Result<()> {
     events.wait_for("150").await;
     worker.stop().await;
     assert!(
-        waited < Duration::from_millis(1500),
-        "a step announced to an idle loop waited {waited:?}"
+        waited < Duration::from_millis(500),
+        "a step announced to an idle loop waited {waited:?} (idle poll 2 s)"
     );
     Ok(())
 }

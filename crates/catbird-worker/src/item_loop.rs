@@ -80,7 +80,7 @@ pub(crate) async fn item_loop_run(shared: Arc<Shared>, handler: Arc<ItemLoop>) {
     let batch = i32::try_from(handler.opts.batch_size).unwrap_or(i32::MAX);
     // Bounded, so that completions waiting for the writer hold execution
     // slots once the writer falls behind.
-    let (completions, receiver) = mpsc::channel(handler.opts.concurrency + handler.opts.batch_size);
+    let (completions, receiver) = mpsc::channel(handler.opts.result_queue_capacity());
     let writer = tokio::spawn(write_completions(
         shared.clone(),
         handler.flow.clone(),

@@ -28,7 +28,8 @@ pub struct HandlerOpts {
     /// `None` takes the handler kind's default: zero for task handlers,
     /// which favour the latency of a run arriving alone, and
     /// [`STEP_BUSY_POLL`] for flow steps and map items, whose next work
-    /// usually becomes ready while earlier work still runs.
+    /// usually becomes ready while earlier work still runs. On-fail handlers
+    /// ignore it.
     pub busy_poll: Option<Duration>,
     /// The deadline of one execution; zero means none. At the deadline the
     /// handler's cancellation token fires and the attempt fails.
@@ -92,8 +93,8 @@ impl Default for HandlerOpts {
 /// The `busy_poll` of flow steps and map items that configure none.
 ///
 /// Waiting for a wake-up after each short claim costs a request statement
-/// and a notification per step; with a chain of no-op steps that halved the
-/// flow rate on 2 cores (docs/benchmarks.md).
+/// and a notification per step. With a chain of no-op steps on 2 cores, that
+/// cost about 40 % of the flow rate (docs/benchmarks.md).
 pub const STEP_BUSY_POLL: Duration = Duration::from_millis(2);
 
 /// The longest `busy_poll` that [`HandlerOpts::validate`] accepts.
@@ -129,6 +130,15 @@ impl HandlerOpts {
     pub fn busy_poll(mut self, delay: Duration) -> Self {
         self.busy_poll = Some(delay);
         self
+    }
+
+    /// Returns the capacity of a loop's queue of results waiting to be
+    /// written: `concurrency + batch_size`, within what a tokio channel
+    /// accepts.
+    pub(crate) fn result_queue_capacity(&self) -> usize {
+        self.concurrency
+            .saturating_add(self.batch_size)
+            .clamp(1, usize::MAX >> 3)
     }
 
     /// Returns the `busy_poll` in force: the one set, or `default`.
@@ -271,6 +281,15 @@ mod tests {
         let set = opts.busy_poll(Duration::ZERO);
         assert_eq!(set.busy_poll_or(STEP_BUSY_POLL), Duration::ZERO);
         set.validate().unwrap();
+    }
+
+    #[test]
+    fn huge_sizes_fit_result_queue() {
+        let opts = HandlerOpts::default()
+            .concurrency(usize::MAX)
+            .batch_size(usize::MAX);
+        assert_eq!(opts.result_queue_capacity(), usize::MAX >> 3);
+        assert_eq!(HandlerOpts::default().result_queue_capacity(), 4 + 64);
     }
 
     #[test]

@@ -142,9 +142,8 @@ pub(crate) async fn busy_pause(shared: &Shared, delay: Duration) -> bool {
     }
 }
 
-/// Waits after a claim that came back `short`: `busy_poll` when the claim
-/// returned work and the option is not zero, else until a wake-up (see
-/// [`idle_since`]). Returns false on shutdown.
+/// Waits after a short claim: `busy_poll` unless it is zero, else until a
+/// wake-up (see [`idle_since`]). Returns false on shutdown.
 pub(crate) async fn after_short_claim(
     shared: &Shared,
     kind: &str,
@@ -224,13 +223,15 @@ const MAX_RESULTS_PER_WRITE: usize = 1_000;
 /// back full, two run at once (`SKIP LOCKED` keeps them apart), because a
 /// claim's cost hardly depends on its size. When a claim returns fewer runs
 /// than it asked for, the task has no more visible work and the loop waits
-/// for a wake-up before it claims again. Results go to the recorder task,
+/// for a wake-up before it claims again, or only for the handler's busy
+/// poll when it has one and the claim before also returned runs. Results go
+/// to the recorder task,
 /// which writes them in batches.
 async fn run_loop(shared: Arc<Shared>, handler: Arc<RunHandler>) {
     let concurrency = handler.opts.concurrency;
     let batch_size = handler.opts.batch_size.max(1);
     let semaphore = Arc::new(Semaphore::new(concurrency));
-    let (results, results_receiver) = mpsc::channel(concurrency + batch_size);
+    let (results, results_receiver) = mpsc::channel(handler.opts.result_queue_capacity());
     let recorder = tokio::spawn(record_loop(
         shared.clone(),
         handler.clone(),

@@ -33,7 +33,6 @@ pub(crate) const ON_FAIL_OPTIONS: &[&str] = &[
     "handler",
     "concurrency",
     "batch_size",
-    "busy_poll",
     "timeout",
     "max_retries",
     "backoff",
@@ -156,6 +155,10 @@ fn parse_on_fail(
                     "handler = notify_failure",
                 )?;
                 set(&mut args.handler, value, errors);
+            } else if lookahead.peek(kw::busy_poll) {
+                // NOTE: on-fail loops wait for a wake-up after every short
+                // claim, so the option would have no effect there.
+                return Err(unknown_option(input, lookahead, "on_fail", ON_FAIL_OPTIONS));
             } else if !parse_handler_option(input, &lookahead, options, errors)? {
                 return Err(unknown_option(input, lookahead, "on_fail", ON_FAIL_OPTIONS));
             }
