@@ -29,7 +29,8 @@ pub struct HandlerOpts {
     /// which favour the latency of a run arriving alone, and
     /// [`STEP_BUSY_POLL`] for flow steps and map items, whose next work
     /// usually becomes ready while earlier work still runs. On-fail handlers
-    /// ignore it.
+    /// ignore it, though [`HandlerOpts::validate`] still rejects a value
+    /// above [`MAX_BUSY_POLL`] there.
     pub busy_poll: Option<Duration>,
     /// The deadline of one execution; zero means none. At the deadline the
     /// handler's cancellation token fires and the attempt fails.

@@ -437,6 +437,7 @@ fn step_options(args: &StepArgs) -> Vec<Key> {
         args.optional.as_ref().map(|opt| opt.key),
         handler.concurrency.as_ref().map(|opt| opt.key),
         handler.batch_size.as_ref().map(|opt| opt.key),
+        handler.busy_poll.as_ref().map(|opt| opt.key),
         handler.timeout.as_ref().map(|opt| opt.key),
         handler.max_retries.as_ref().map(|opt| opt.key),
         handler.backoff.as_ref().map(|opt| opt.key),
