@@ -3,6 +3,7 @@
 //! of waiting for a wake-up. Once a claim finds nothing, it goes idle and
 //! stores a wake-up request.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,52 @@ async fn started_after(events: &Events, event: &str, created: Instant) -> Durati
     events.time_of(event).expect("recorded") - created
 }
 
+/// Creates work items 1, 2 and 3 with `create`, each once the previous one
+/// started, on a worker without a listen connection, then releases `gate`
+/// and stops the worker. Checks that item 2 waited for the idle poll, since
+/// one claim with work does not make the loop busy, and that item 3 started
+/// within the busy poll, since two claims with work in a row do.
+async fn check_busy_poll<F, Fut>(
+    events: &Events,
+    gate: &Semaphore,
+    worker: (
+        CancellationToken,
+        JoinHandle<Result<(), catbird_worker::WorkerError>>,
+    ),
+    create: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(i64) -> Fut,
+    Fut: Future<Output = Result<(), catbird_core::Error>>,
+{
+    // The idle loop finds item 1 with its poll and claims it alone.
+    create(1).await?;
+    events.wait_for("1").await;
+    let first = Instant::now();
+    create(2).await?;
+    let idle_wait = started_after(events, "2", first).await;
+    // Nothing announces item 3: only the busy poll finds it early.
+    let created = Instant::now();
+    create(3).await?;
+    let waited = started_after(events, "3", created).await;
+
+    gate.add_permits(1_000);
+    let (shutdown, handle) = worker;
+    shutdown.cancel();
+    handle.await??;
+    assert!(
+        idle_wait > BUSY_POLL * 2,
+        "after one claim with work the loop was not busy yet, but item 2 \
+         waited only {idle_wait:?} (busy poll {BUSY_POLL:?}, idle poll 2 s)"
+    );
+    assert!(
+        waited < BUSY_POLL * 3,
+        "item 3, created while its loop was busy, waited {waited:?} \
+         (busy poll {BUSY_POLL:?}, idle poll 2 s)"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_step_loop_claims_unannounced_steps() -> anyhow::Result<()> {
     let db = TestDb::new().await;
@@ -114,35 +161,17 @@ async fn busy_step_loop_claims_unannounced_steps() -> anyhow::Result<()> {
     let (events, gate) = (Events::default(), Arc::new(Semaphore::new(0)));
     let flow = gated_flow(&events, &gate, BUSY_POLL);
     client.create_flow(flow.definition()).await?;
-    let (shutdown, worker) = start_unlistening(&db, Worker::new(db.pool.clone()).flow(flow)).await;
-
-    // The idle loop finds the first run with its poll and claims it alone.
-    // After one claim with work it is not busy yet, so it polls again later.
-    client.run_flow("gated", &1, RunFlowOpts::default()).await?;
-    events.wait_for("1").await;
-    let first = Instant::now();
-    client.run_flow("gated", &2, RunFlowOpts::default()).await?;
-    let idle_wait = started_after(&events, "2", first).await;
-    // Two short claims with work in a row: the loop claims again after its
-    // busy poll, and nothing announces the third run.
-    let created = Instant::now();
-    client.run_flow("gated", &3, RunFlowOpts::default()).await?;
-    let waited = started_after(&events, "3", created).await;
-
-    gate.add_permits(1_000);
-    shutdown.cancel();
-    worker.await??;
-    assert!(
-        idle_wait > BUSY_POLL * 2,
-        "after one claim with work the loop was not busy yet, but the next \
-         step waited only {idle_wait:?} (busy poll {BUSY_POLL:?}, idle poll 2 s)"
-    );
-    assert!(
-        waited < BUSY_POLL * 3,
-        "a step that became ready while its loop was busy waited {waited:?} \
-         (busy poll {BUSY_POLL:?}, idle poll 2 s)"
-    );
-    Ok(())
+    let worker = start_unlistening(&db, Worker::new(db.pool.clone()).flow(flow)).await;
+    check_busy_poll(&events, &gate, worker, |input| {
+        let client = client.clone();
+        async move {
+            client
+                .run_flow("gated", &input, RunFlowOpts::default())
+                .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,32 +180,17 @@ async fn busy_task_loop_claims_unannounced_runs() -> anyhow::Result<()> {
     let client = Client::new(db.pool.clone());
     let (events, gate) = (Events::default(), Arc::new(Semaphore::new(0)));
     let handler = gated_task(&events, &gate, BUSY_POLL);
-    let (shutdown, worker) =
-        start_unlistening(&db, Worker::new(db.pool.clone()).task(handler)).await;
-
-    client.run_task("gated", &1, RunTaskOpts::default()).await?;
-    events.wait_for("1").await;
-    let first = Instant::now();
-    client.run_task("gated", &2, RunTaskOpts::default()).await?;
-    let idle_wait = started_after(&events, "2", first).await;
-    let created = Instant::now();
-    client.run_task("gated", &3, RunTaskOpts::default()).await?;
-    let waited = started_after(&events, "3", created).await;
-
-    gate.add_permits(1_000);
-    shutdown.cancel();
-    worker.await??;
-    assert!(
-        idle_wait > BUSY_POLL * 2,
-        "after one claim with runs the loop was not busy yet, but the next \
-         run waited only {idle_wait:?} (busy poll {BUSY_POLL:?}, idle poll 2 s)"
-    );
-    assert!(
-        waited < BUSY_POLL * 3,
-        "a run created while its loop was busy waited {waited:?} \
-         (busy poll {BUSY_POLL:?}, idle poll 2 s)"
-    );
-    Ok(())
+    let worker = start_unlistening(&db, Worker::new(db.pool.clone()).task(handler)).await;
+    check_busy_poll(&events, &gate, worker, |input| {
+        let client = client.clone();
+        async move {
+            client
+                .run_task("gated", &input, RunTaskOpts::default())
+                .await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -382,9 +382,9 @@ impl StepHandler {
         self
     }
 
-    /// Sets how long the loop waits, while busy, before claiming again after
-    /// a claim that returned fewer step runs than it asked for, but some;
-    /// zero waits for a wake-up instead (see
+    /// Sets how long the loop waits, while busy, before it claims again after
+    /// a claim that returned some step runs, but fewer than it asked for.
+    /// Zero waits for a wake-up instead (see
     /// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)).
     pub fn busy_poll(mut self, delay: Duration) -> Self {
         self.opts.busy_poll = Some(delay);

@@ -246,8 +246,8 @@ impl TaskHandler {
         self
     }
 
-    /// Sets how long the loop waits, while busy, before claiming again after
-    /// a claim that returned fewer runs than it asked for, but some; zero
+    /// Sets how long the loop waits, while busy, before it claims again after
+    /// a claim that returned some runs, but fewer than it asked for. Zero
     /// waits for a wake-up instead (see
     /// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)).
     pub fn busy_poll(mut self, delay: Duration) -> Self {
