@@ -14,6 +14,7 @@ use catbird_worker::{Flow, StepArgs, StepContext, StepHandler, Worker, Yielder};
 use serde_json::{Value, json};
 
 use crate::flow_helpers::{DEADLINE, Events, output_of, start, step, wait_run_status};
+use crate::helpers::db_now;
 
 async fn sql_rows(db: &TestDb, query: &str) -> Vec<tokio_postgres::Row> {
     let client = db.pool.get().await.expect("take a pooled connection");
@@ -463,5 +464,67 @@ async fn item_slot_frees_before_write() -> anyhow::Result<()> {
     lock.commit().await?;
     assert_eq!(output_of(&client, &run).await?, json!([2, 4]));
     worker.stop().await;
+    Ok(())
+}
+
+/// A worker stopping while its item writer is blocked keeps renewing the
+/// leases of the items it completed, past its shutdown grace period, so no
+/// other worker claims them before the write commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_write_keeps_leases_at_stop() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let events = Events::default();
+    let seen = events.clone();
+    let double = step(
+        StepDef::new("double").map_input(),
+        move |args: StepArgs, _ctx: StepContext| {
+            let seen = seen.clone();
+            async move {
+                let n: i64 = args.input()?;
+                seen.record(format!("item {n}"));
+                Ok(n * 2)
+            }
+        },
+    );
+    let flow = Flow::new("stopping").step(double);
+    client.create_flow(flow.definition()).await?;
+    let run = client
+        .run_flow("stopping", &json!([1, 2]), RunFlowOpts::default())
+        .await?;
+    let mut session = db.connect().await;
+    let lock = session.transaction().await?;
+    lock.execute(
+        "SELECT 1 FROM cb_f_stopping WHERE id = $1 FOR UPDATE",
+        &[&run.id()],
+    )
+    .await?;
+
+    let lease = Duration::from_millis(300);
+    let worker = start(&db, Worker::new(db.pool.clone()).lease(lease).flow(flow)).await;
+    events.wait_for("item 1").await;
+    events.wait_for("item 2").await;
+    // The grace period (200 ms) ends while both completions wait for the
+    // lock. Renewals must go on: the items stay hidden well past one lease
+    // after the stop began.
+    let stopping = tokio::spawn(worker.stop());
+    let stop_began = db_now(&db.pool).await;
+    let renewed_past = stop_began + chrono::Duration::milliseconds(3 * 300);
+    wait_for(
+        "the leases to be renewed after the stop",
+        DEADLINE,
+        || async {
+            let rows = sql_rows(&db, "SELECT min(visible_at) FROM cb_m_stopping").await;
+            let visible_at: chrono::DateTime<chrono::Utc> = rows[0].get(0);
+            (visible_at > renewed_past).then_some(())
+        },
+    )
+    .await;
+
+    lock.commit().await?;
+    stopping.await?;
+    assert_eq!(output_of(&client, &run).await?, json!([2, 4]));
+    assert_eq!(events.count("item 1"), 1, "item 1 ran once");
+    assert_eq!(events.count("item 2"), 1, "item 2 ran once");
     Ok(())
 }

@@ -557,7 +557,9 @@ fn held_ids(held: &Mutex<HashMap<String, HashSet<i64>>>) -> Vec<(String, Vec<i64
         .collect()
 }
 
-/// Extends the lease of every run the worker holds.
+/// Extends the lease of every run the worker holds, until the worker aborts
+/// it once every loop has ended. It goes on past the hard stop, because
+/// results that handlers returned may still wait for their write then.
 async fn renew_leases(shared: Arc<Shared>) {
     let period = (shared.lease / 3)
         .min(Duration::from_secs(30))
@@ -567,10 +569,7 @@ async fn renew_leases(shared: Arc<Shared>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shared.hard_stop.cancelled() => return,
-        }
+        ticker.tick().await;
         let held: Vec<(String, Vec<i64>)> = {
             let in_flight = shared
                 .in_flight
