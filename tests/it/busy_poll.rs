@@ -108,11 +108,10 @@ async fn started_after(events: &Events, event: &str, created: Instant) -> Durati
     events.time_of(event).expect("recorded") - created
 }
 
-/// Creates work items 1, 2 and 3 with `create`, each once the previous one
-/// started, on a worker without a listen connection, then releases `gate`
-/// and stops the worker. Checks that item 2 waited for the idle poll, since
-/// one claim with work does not make the loop busy, and that item 3 started
-/// within the busy poll, since two claims with work in a row do.
+/// Creates items 1, 2 and 3 with `create`, each once the previous one
+/// started, then releases `gate` and stops `worker`, which must not listen.
+/// Item 2 must wait for the idle poll, because one claim with work does not
+/// make the loop busy. Item 3 must start within the busy poll.
 async fn check_busy_poll<F, Fut>(
     events: &Events,
     gate: &Semaphore,

@@ -409,16 +409,11 @@ async fn changing_a_map_source_names_the_field() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An item's execution slot is free once its handler returned: while the
-/// writer waits to record the first item's completion, the next item runs
-/// in the same single slot, and both completions are recorded after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item_slot_frees_before_write() -> anyhow::Result<()> {
-    let db = TestDb::new().await;
-    let client = Client::new(db.pool.clone());
-    let events = Events::default();
+/// Builds a mapper over the flow input that records `item <n>` for each
+/// element it starts and returns the element doubled.
+fn recording_doubler(events: &Events) -> StepHandler {
     let seen = events.clone();
-    let double = step(
+    step(
         StepDef::new("double").map_input(),
         move |args: StepArgs, _ctx: StepContext| {
             let seen = seen.clone();
@@ -429,8 +424,17 @@ async fn item_slot_frees_before_write() -> anyhow::Result<()> {
             }
         },
     )
-    .concurrency(1)
-    .batch_size(1);
+}
+
+/// An item's execution slot is free once its handler returned. While the
+/// writer waits to record the first item, the second runs in the same
+/// single slot, and both completions are recorded afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_slot_frees_before_write() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = Client::new(db.pool.clone());
+    let events = Events::default();
+    let double = recording_doubler(&events).concurrency(1).batch_size(1);
     let flow = Flow::new("slots").step(double);
     client.create_flow(flow.definition()).await?;
 
@@ -475,18 +479,7 @@ async fn blocked_write_keeps_leases_at_stop() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
     let events = Events::default();
-    let seen = events.clone();
-    let double = step(
-        StepDef::new("double").map_input(),
-        move |args: StepArgs, _ctx: StepContext| {
-            let seen = seen.clone();
-            async move {
-                let n: i64 = args.input()?;
-                seen.record(format!("item {n}"));
-                Ok(n * 2)
-            }
-        },
-    );
+    let double = recording_doubler(&events);
     let flow = Flow::new("stopping").step(double);
     client.create_flow(flow.definition()).await?;
     let run = client

@@ -126,7 +126,7 @@ impl HandlerOpts {
     }
 
     /// Sets how long a busy loop waits before claiming again after a short
-    /// claim that returned work; zero waits for a wake-up instead. See
+    /// claim that returned work. Zero waits for a wake-up instead. See
     /// [`HandlerOpts::busy_poll`](HandlerOpts#structfield.busy_poll).
     pub fn busy_poll(mut self, delay: Duration) -> Self {
         self.busy_poll = Some(delay);

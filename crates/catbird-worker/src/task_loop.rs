@@ -132,18 +132,9 @@ pub(crate) async fn idle_since(
     }
 }
 
-/// Waits `delay` before a busy loop claims again (see
-/// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)).
-/// Returns false on shutdown.
-pub(crate) async fn busy_pause(shared: &Shared, delay: Duration) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => true,
-        () = shared.shutdown.cancelled() => false,
-    }
-}
-
-/// Waits after a short claim: `busy_poll` unless it is zero, else until a
-/// wake-up (see [`idle_since`]). Returns false on shutdown.
+/// Waits after a short claim: `busy_poll` unless it is zero (see
+/// [`HandlerOpts::busy_poll`](crate::HandlerOpts#structfield.busy_poll)),
+/// else until a wake-up (see [`idle_since`]). Returns false on shutdown.
 pub(crate) async fn after_short_claim(
     shared: &Shared,
     kind: &str,
@@ -154,7 +145,10 @@ pub(crate) async fn after_short_claim(
     if busy_poll.is_zero() {
         idle_since(shared, kind, name, seen, IDLE_POLL).await
     } else {
-        busy_pause(shared, busy_poll).await
+        tokio::select! {
+            () = tokio::time::sleep(busy_poll) => true,
+            () = shared.shutdown.cancelled() => false,
+        }
     }
 }
 
