@@ -545,3 +545,66 @@ async fn every_client_statement_prepares() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn sql_queue_functions_work_alone() -> anyhow::Result<()> {
+    let (_db, client) = db_with_sql_queue().await;
+
+    let first = ids_of(
+        &client,
+        "SELECT cbqs_sql_q(body => '{\"n\": 1}', priority => 5)",
+    )
+    .await;
+    let holder = ids_of(
+        &client,
+        "SELECT cbqs_sql_q(body => '{\"n\": 2}', concurrency_key => 'k')",
+    )
+    .await;
+    let repeated = ids_of(
+        &client,
+        "SELECT cbqs_sql_q(body => '{\"n\": 3}', concurrency_key => 'k')",
+    )
+    .await;
+    assert_eq!(holder, repeated, "a held key returns the holder's id");
+    let batch = ids_of(
+        &client,
+        "SELECT * FROM cbqm_sql_q(bodies => ARRAY['{\"n\": 4}', '{\"n\": 5}']::jsonb[])",
+    )
+    .await;
+    assert_eq!(batch.len(), 2);
+
+    let read = client
+        .query(
+            "SELECT id, body, deliveries FROM cbqr_sql_q(quantity => 10, hide_for => 30000)",
+            &[],
+        )
+        .await?;
+    let read_ids: Vec<i64> = read.iter().map(|row| row.get(0)).collect();
+    let expected: Vec<i64> = [first[0], holder[0], batch[0], batch[1]].into();
+    assert_eq!(read_ids, expected, "priority first, then oldest");
+    assert!(read.iter().all(|row| row.get::<_, i32>(2) == 1));
+
+    let deleted: bool = client
+        .query_one("SELECT cbqd_sql_q(id => $1)", &[&first[0]])
+        .await?
+        .get(0);
+    assert!(deleted);
+    let rest = ids_of(
+        &client,
+        &format!(
+            "SELECT * FROM cbqx_sql_q(ids => ARRAY[{}, {}, {}, {}])",
+            first[0], holder[0], batch[0], batch[1]
+        ),
+    )
+    .await;
+    assert_eq!(rest, [holder[0], batch[0], batch[1]]);
+
+    let (code, message) = failure_of(
+        &client,
+        "SELECT * FROM cbqr_sql_q(quantity => 0, hide_for => 1000)",
+    )
+    .await;
+    assert_eq!(code, SQLSTATE_INVALID_ARGUMENT);
+    assert_eq!(message, "catbird: quantity must be greater than 0, got 0");
+    Ok(())
+}
