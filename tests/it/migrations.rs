@@ -417,3 +417,72 @@ async fn migrated_database_runs_client_statements() -> anyhow::Result<()> {
     assert!(rows.is_empty());
     Ok(())
 }
+
+/// Lists the functions of the current schema whose names start with `cbq`.
+async fn queue_functions(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT proname::text FROM pg_proc
+              WHERE pronamespace = current_schema()::regnamespace AND proname LIKE 'cbq%'
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list the queue functions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn version_nine_adds_and_removes_queue_functions() -> anyhow::Result<()> {
+    let db = TestDb::empty().await;
+    let mut client = db.connect().await;
+    catbird_sql::migrate_up_to(&mut client, 8).await?;
+    client
+        .batch_execute(
+            "SELECT cb_create_queue('orders');
+             SELECT cb_send('orders', '{\"n\": 1}'::jsonb);",
+        )
+        .await?;
+    assert_eq!(queue_functions(&client).await, Vec::<String>::new());
+    let catbird = Client::new(db.pool.clone());
+    let too_old = catbird
+        .send("orders", &json!({"n": 0}), SendOpts::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        too_old.to_string(),
+        "catbird: queue \"orders\" has no function cbqs_orders: its schema is older \
+         than version 9, so migrate it before using this client"
+    );
+
+    catbird_sql::migrate_up_to(&mut client, 9).await?;
+    assert_eq!(
+        queue_functions(&client).await,
+        [
+            "cbqd_orders",
+            "cbqm_orders",
+            "cbqr_orders",
+            "cbqs_orders",
+            "cbqx_orders"
+        ]
+    );
+    let second = catbird
+        .send("orders", &json!({"n": 2}), SendOpts::default())
+        .await?;
+    let read = catbird
+        .read("orders", 10, std::time::Duration::from_secs(30))
+        .await?;
+    let bodies: Vec<_> = read.iter().map(|message| message.body.clone()).collect();
+    assert_eq!(bodies, [json!({"n": 1}), json!({"n": 2})]);
+
+    catbird_sql::migrate_down_to(&mut client, 8).await?;
+    assert_eq!(queue_functions(&client).await, Vec::<String>::new());
+    let deleted: bool = client
+        .query_one("SELECT cb_delete('orders', $1::bigint)", &[&second])
+        .await?
+        .get(0);
+    assert!(deleted, "version 8's cb_delete works on the kept table");
+    Ok(())
+}

@@ -159,7 +159,8 @@ async fn reader_keeps_going_after_failed_reads() -> anyhow::Result<()> {
         || async {
             executor
                 .statements()
-                .contains(&catbird_core::sql::READ.to_owned())
+                .iter()
+                .any(|sql| sql.starts_with("SELECT * FROM cbqr_late_q("))
                 .then_some(())
         },
     )
@@ -339,10 +340,11 @@ impl Executor for DeleteRecorder {
         params: Params<'_>,
     ) -> Result<Vec<tokio_postgres::Row>, Error> {
         let rows = self.pool.query_rows(sql, params).await?;
-        if sql == catbird_core::sql::DELETE {
+        // The call of the queue's own delete function, cbqd_<queue>.
+        if sql.starts_with("SELECT cbqd_") {
             // Parameters are opaque `ToSql` values, but the Debug form of the
             // id parameter is the number itself.
-            let id: i64 = format!("{:?}", params[1]).parse().expect("a message id");
+            let id: i64 = format!("{:?}", params[0]).parse().expect("a message id");
             let deleted = rows.first().is_some_and(|row| row.get::<_, bool>(0));
             self.deletes
                 .lock()
