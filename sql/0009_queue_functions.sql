@@ -19,7 +19,7 @@
 -- much cheaper to plan than the statement it replaces. Clients that know the
 -- queue call its functions directly. Measured with pgbench (8 clients, 2
 -- cores) on one send, read and delete per message: 2,205 messages/s through
--- the old functions, 2,483 through the new cb_* functions, 2,693 through the
+-- the old functions, 2,454 through the new cb_* functions, 2,926 through the
 -- queue's own functions, and 3,588 for plain statements on a bare table.
 --
 -- The statements of each function are those of the version 1 function it
