@@ -159,8 +159,7 @@ async fn reader_keeps_going_after_failed_reads() -> anyhow::Result<()> {
         || async {
             executor
                 .statements()
-                .iter()
-                .any(|sql| sql.starts_with("SELECT * FROM cbqr_late_q("))
+                .contains(&catbird_core::sql::READ.to_owned())
                 .then_some(())
         },
     )
@@ -340,11 +339,10 @@ impl Executor for DeleteRecorder {
         params: Params<'_>,
     ) -> Result<Vec<tokio_postgres::Row>, Error> {
         let rows = self.pool.query_rows(sql, params).await?;
-        // The call of the queue's own delete function, cbqd_<queue>.
-        if sql.starts_with("SELECT cbqd_") {
+        if sql == catbird_core::sql::DELETE {
             // Parameters are opaque `ToSql` values, but the Debug form of the
             // id parameter is the number itself.
-            let id: i64 = format!("{:?}", params[0]).parse().expect("a message id");
+            let id: i64 = format!("{:?}", params[1]).parse().expect("a message id");
             let deleted = rows.first().is_some_and(|row| row.get::<_, bool>(0));
             self.deletes
                 .lock()

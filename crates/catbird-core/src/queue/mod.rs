@@ -17,7 +17,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use crate::error::Error;
-use crate::executor::{Executor, Params};
+use crate::executor::Executor;
 use crate::names::validate_name;
 use crate::payload::{JsonText, check_batch_lengths, check_text};
 use crate::poll::PollOpts;
@@ -336,31 +336,19 @@ pub async fn list_queues(executor: &impl Executor) -> Result<Vec<QueueInfo>, Err
     Ok(rows.iter().map(QueueInfo::from_row).collect())
 }
 
-/// Builds a `cb_send` call with the effect of [`send`], without running it.
-/// Its one row holds the message id in column 0. The text is one statement
-/// for every queue, so it suits drivers and pipelines that prepare it once.
+/// Builds the statement [`send`] runs, without running it. Its one row holds
+/// the message id in column 0.
 pub fn send_query<T: Serialize + ?Sized>(
     queue: &str,
     body: &T,
     opts: SendOpts,
 ) -> Result<Query, Error> {
-    let mut params = send_params(queue, body, opts)?;
-    params.insert(0, Box::new(queue.to_owned()));
-    Ok(Query::new(sql::SEND, params))
-}
-
-/// Checks the arguments of [`send`] and returns the parameters of the
-/// queue's send function.
-fn send_params<T: Serialize + ?Sized>(
-    queue: &str,
-    body: &T,
-    opts: SendOpts,
-) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Error> {
     validate_name("queue", queue)?;
     check_text("topic", opts.topic.as_deref())?;
     check_text("concurrency key", opts.concurrency_key.as_deref())?;
     let body = JsonText::encode("message body", body)?;
-    Ok(vec![
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(queue.to_owned()),
         Box::new(body),
         Box::new(non_empty(&opts.topic)),
         Box::new(non_empty(&opts.concurrency_key)),
@@ -368,7 +356,8 @@ fn send_params<T: Serialize + ?Sized>(
         Box::new(opts.visible_at),
         Box::new(opts.expires_at),
         Box::new(opts.priority),
-    ])
+    ];
+    Ok(Query::new(sql::SEND, params))
 }
 
 /// Sends one message and returns its id. When the concurrency key is held by
@@ -380,31 +369,18 @@ pub async fn send<T: Serialize + ?Sized>(
     body: &T,
     opts: SendOpts,
 ) -> Result<i64, Error> {
-    let params = send_params(queue, body, opts)?;
-    let rows = call_queue_function(executor, queue, QueueFunction::Send, &borrow(&params)).await?;
+    let query = send_query(queue, body, opts)?;
+    let rows = query.fetch_all(executor).await?;
     Ok(rows[0].get(0))
 }
 
-/// Builds a `cb_send` call with the effect of [`send_many`], without running
-/// it. Its rows hold the inserted ids in column 0. The text is one statement
-/// for every queue.
+/// Builds the statement [`send_many`] runs, without running it. Its rows hold
+/// the inserted ids in column 0.
 pub fn send_many_query<T: Serialize>(
     queue: &str,
     bodies: &[T],
     opts: SendManyOpts,
 ) -> Result<Query, Error> {
-    let mut params = send_many_params(queue, bodies, opts)?;
-    params.insert(0, Box::new(queue.to_owned()));
-    Ok(Query::new(sql::SEND_MANY, params))
-}
-
-/// Checks the arguments of [`send_many`] and returns the parameters of the
-/// queue's batch send function.
-fn send_many_params<T: Serialize>(
-    queue: &str,
-    bodies: &[T],
-    opts: SendManyOpts,
-) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Error> {
     validate_name("queue", queue)?;
     check_batch_lengths(
         "bodies",
@@ -431,7 +407,8 @@ fn send_many_params<T: Serialize>(
         .map(|headers| headers.iter().map(headers_json).collect::<Result<_, _>>())
         .transpose()?;
 
-    Ok(vec![
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(queue.to_owned()),
         Box::new(bodies),
         Box::new(non_empty(&opts.topic)),
         Box::new(keys),
@@ -439,7 +416,8 @@ fn send_many_params<T: Serialize>(
         Box::new(opts.visible_at),
         Box::new(opts.expires_at),
         Box::new(opts.priority),
-    ])
+    ];
+    Ok(Query::new(sql::SEND_MANY, params))
 }
 
 /// Sends one message per body, in body order, and returns the ids inserted,
@@ -451,9 +429,8 @@ pub async fn send_many<T: Serialize>(
     bodies: &[T],
     opts: SendManyOpts,
 ) -> Result<Vec<i64>, Error> {
-    let params = send_many_params(queue, bodies, opts)?;
-    let rows =
-        call_queue_function(executor, queue, QueueFunction::SendMany, &borrow(&params)).await?;
+    let query = send_many_query(queue, bodies, opts)?;
+    let rows = query.fetch_all(executor).await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
@@ -468,13 +445,9 @@ pub async fn read(
     validate_name("queue", queue)?;
     let quantity = check_quantity(quantity)?;
     let hide_for = duration_ms("hide_for", hide_for, true)?;
-    let rows = call_queue_function(
-        executor,
-        queue,
-        QueueFunction::Read,
-        &[&quantity, &hide_for],
-    )
-    .await?;
+    let rows = executor
+        .query_rows(sql::READ, &[&queue, &quantity, &hide_for])
+        .await?;
     Ok(rows.iter().map(Message::from_row).collect())
 }
 
@@ -538,8 +511,8 @@ pub async fn hide_many(
 /// Deletes (acknowledges) a message. Returns whether it existed.
 pub async fn delete(executor: &impl Executor, queue: &str, id: i64) -> Result<bool, Error> {
     validate_name("queue", queue)?;
-    let rows = call_queue_function(executor, queue, QueueFunction::Delete, &[&id]).await?;
-    Ok(rows.first().is_some_and(|row| row.get(0)))
+    let row = executor.query_opt_row(sql::DELETE, &[&queue, &id]).await?;
+    Ok(row.is_some_and(|row| row.get(0)))
 }
 
 /// [`delete`] for many messages. Returns the ids deleted, ascending.
@@ -549,102 +522,10 @@ pub async fn delete_many(
     ids: &[i64],
 ) -> Result<Vec<i64>, Error> {
     validate_name("queue", queue)?;
-    let rows = call_queue_function(executor, queue, QueueFunction::DeleteMany, &[&ids]).await?;
+    let rows = executor
+        .query_rows(sql::DELETE_MANY, &[&queue, &ids])
+        .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
-}
-
-/// The functions that `cb_create_queue` creates for each queue. Their SQL
-/// names the queue's table, so PostgreSQL plans it once per session, where
-/// `cb_send`, `cb_read` and `cb_delete` plan a statement on every call.
-#[derive(Debug, Clone, Copy)]
-enum QueueFunction {
-    Send,
-    SendMany,
-    Read,
-    Delete,
-    DeleteMany,
-}
-
-impl QueueFunction {
-    /// The statement that calls this function of `queue`, a valid name.
-    fn call(self, queue: &str) -> String {
-        match self {
-            QueueFunction::Send => format!(
-                "SELECT cbqs_{queue}(body => $1, topic => $2, concurrency_key => $3, \
-                 headers => $4, visible_at => $5, expires_at => $6, priority => $7)"
-            ),
-            QueueFunction::SendMany => format!(
-                "SELECT * FROM cbqm_{queue}(bodies => $1, topic => $2, concurrency_keys => $3, \
-                 headers => $4, visible_at => $5, expires_at => $6, priority => $7)"
-            ),
-            QueueFunction::Read => {
-                format!("SELECT * FROM cbqr_{queue}(quantity => $1, hide_for => $2)")
-            }
-            QueueFunction::Delete => format!("SELECT cbqd_{queue}(id => $1)"),
-            QueueFunction::DeleteMany => format!("SELECT * FROM cbqx_{queue}(ids => $1)"),
-        }
-    }
-
-    /// Returns the function's name for `queue`.
-    fn name(self, queue: &str) -> String {
-        let op = match self {
-            QueueFunction::Send => 's',
-            QueueFunction::SendMany => 'm',
-            QueueFunction::Read => 'r',
-            QueueFunction::Delete => 'd',
-            QueueFunction::DeleteMany => 'x',
-        };
-        format!("cbq{op}_{queue}")
-    }
-}
-
-/// Calls one of the functions of `queue`, whose name has been validated. A
-/// queue that does not exist has no functions, and the error reports the
-/// queue as not defined, as the `cb_*` functions do. A queue that exists
-/// without its functions lives in a schema older than version 9.
-async fn call_queue_function(
-    executor: &impl Executor,
-    queue: &str,
-    function: QueueFunction,
-    params: Params<'_>,
-) -> Result<Vec<Row>, Error> {
-    let name = function.name(queue);
-    match executor.query_rows(&function.call(queue), params).await {
-        Err(Error::Database(error)) if is_missing_function(&error, &name) => {
-            // NOTE: inside a transaction this lookup fails, because the
-            // failed call aborted the transaction. The queue then counts as
-            // not defined, the usual cause.
-            let exists = executor
-                .query_opt_row(sql::GET_QUEUE, &[&queue])
-                .await
-                .is_ok_and(|row| row.is_some());
-            Err(Error::NotDefined(if exists {
-                format!(
-                    "queue \"{queue}\" has no function {name}: its schema is older than \
-                     version 9, so migrate it before using this client"
-                )
-            } else {
-                format!("queue \"{queue}\" is not defined")
-            }))
-        }
-        result => result,
-    }
-}
-
-/// Borrows owned parameters for one call.
-fn borrow(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|param| &**param as &(dyn ToSql + Sync))
-        .collect()
-}
-
-/// Tells whether `error` reports that the function `name` does not exist.
-fn is_missing_function(error: &tokio_postgres::Error, name: &str) -> bool {
-    error.as_db_error().is_some_and(|db| {
-        *db.code() == tokio_postgres::error::SqlState::UNDEFINED_FUNCTION
-            && db.message().starts_with(&format!("function {name}("))
-    })
 }
 
 /// Extends the lease of a message read with delivery count `deliveries`,
@@ -701,26 +582,6 @@ mod tests {
         );
         let params = format!("{:?}", query);
         assert_eq!(params.matches("None").count(), 6, "{params}");
-    }
-
-    #[test]
-    fn queue_function_calls_name_their_function() {
-        for function in [
-            QueueFunction::Send,
-            QueueFunction::SendMany,
-            QueueFunction::Read,
-            QueueFunction::Delete,
-            QueueFunction::DeleteMany,
-        ] {
-            let name = function.name("jobs");
-            assert_eq!(name.len(), "cbqs_jobs".len(), "{name}");
-            assert!(
-                function.call("jobs").contains(&format!(" {name}(")),
-                "{name}"
-            );
-        }
-        let longest = "q".repeat(58);
-        assert_eq!(QueueFunction::Read.name(&longest).len(), 63);
     }
 
     #[test]
