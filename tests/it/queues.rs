@@ -177,12 +177,21 @@ async fn one_connection_follows_queue_recreation() -> anyhow::Result<()> {
     assert_eq!(queue::read(&conn, "phoenix", 10, LEASE).await?.len(), 1);
 
     queue::delete_queue(&conn, "phoenix").await?;
-    assert_not_defined_queue(
+    assert_queue_not_defined(
         "phoenix",
+        "send",
         queue::send(&conn, "phoenix", &json!("lost"), SendOpts::default()).await,
     );
-    assert_not_defined_queue("phoenix", queue::read(&conn, "phoenix", 10, LEASE).await);
-    assert_not_defined_queue("phoenix", queue::delete(&conn, "phoenix", 1).await);
+    assert_queue_not_defined(
+        "phoenix",
+        "read",
+        queue::read(&conn, "phoenix", 10, LEASE).await,
+    );
+    assert_queue_not_defined(
+        "phoenix",
+        "delete",
+        queue::delete(&conn, "phoenix", 1).await,
+    );
 
     queue::create_queue(&conn, "phoenix", CreateQueueOpts::default()).await?;
     let id = queue::send(&conn, "phoenix", &json!("new"), SendOpts::default()).await?;
@@ -191,15 +200,6 @@ async fn one_connection_follows_queue_recreation() -> anyhow::Result<()> {
     assert_eq!(messages[0].body, json!("new"));
     assert!(queue::delete(&conn, "phoenix", id).await?);
     Ok(())
-}
-
-fn assert_not_defined_queue<T: std::fmt::Debug>(queue: &str, result: Result<T, Error>) {
-    match result {
-        Err(Error::NotDefined(message)) => {
-            assert_eq!(message, format!("queue \"{queue}\" is not defined"));
-        }
-        other => panic!("expected queue {queue} to be not defined, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -1353,10 +1353,19 @@ async fn messages_without_key_never_conflict() -> anyhow::Result<()> {
 // Errors
 
 fn assert_not_defined<T: std::fmt::Debug>(operation: &str, result: Result<T, Error>) {
+    assert_queue_not_defined("missing", operation, result);
+}
+
+fn assert_queue_not_defined<T: std::fmt::Debug>(
+    queue: &str,
+    operation: &str,
+    result: Result<T, Error>,
+) {
     match result {
-        Err(Error::NotDefined(message)) => assert!(
-            message.contains("\"missing\""),
-            "{operation}: the message should name the queue: {message}"
+        Err(Error::NotDefined(message)) => assert_eq!(
+            message,
+            format!("queue \"{queue}\" is not defined"),
+            "{operation}: the message should name the queue"
         ),
         other => panic!("{operation}: expected a not-defined error, got {other:?}"),
     }
