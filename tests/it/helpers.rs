@@ -22,7 +22,11 @@ pub(crate) async fn db_now(pool: &Pool) -> DateTime<Utc> {
 pub(crate) async fn depth(pool: &Pool, queue: &str) -> i64 {
     let client = pool.get().await.expect("take a pooled connection");
     client
-        .query_one(&format!("SELECT count(*) FROM cb_q_{queue}"), &[])
+        .query_one(
+            "SELECT count(*) FROM cb_messages
+             WHERE queue_id = (SELECT id FROM cb_queues WHERE name = $1)",
+            &[&queue],
+        )
         .await
         .expect("count the queue's messages")
         .get(0)

@@ -160,7 +160,11 @@ async fn redelivery_waits_for_lease_to_end() -> anyhow::Result<()> {
 
 async fn stored(connection: &tokio_postgres::Client) -> i64 {
     connection
-        .query_one("SELECT count(*) FROM cb_q_shared", &[])
+        .query_one(
+            "SELECT count(*) FROM cb_messages
+             WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'shared')",
+            &[],
+        )
         .await
         .expect("count the messages")
         .get(0)

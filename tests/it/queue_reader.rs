@@ -387,8 +387,10 @@ async fn visible_count(pool: &deadpool_postgres::Pool, queue: &str) -> i64 {
         .await
         .expect("pooled connection")
         .query_one(
-            &format!("SELECT count(*) FROM cb_q_{queue} WHERE visible_at <= clock_timestamp()"),
-            &[],
+            "SELECT count(*) FROM cb_messages
+             WHERE queue_id = (SELECT id FROM cb_queues WHERE name = $1)
+               AND visible_at <= clock_timestamp()",
+            &[&queue],
         )
         .await
         .expect("count visible messages")
@@ -518,7 +520,8 @@ async fn reader_extends_lease_of_waiting_message() -> anyhow::Result<()> {
         let row = connection
             .query_opt(
                 "SELECT extract(epoch FROM visible_at - clock_timestamp())::float8
-                   FROM cb_q_lease_q WHERE id = $1",
+                   FROM cb_messages
+                  WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'lease_q') AND id = $1",
                 &[&sent[1]],
             )
             .await?;

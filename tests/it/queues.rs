@@ -155,14 +155,14 @@ async fn delete_queue_reports_whether_queue_existed() -> anyhow::Result<()> {
     assert!(!second);
     assert!(!never_created);
     assert!(client.get_queue("doomed").await.unwrap_err().is_not_found());
-    let table_left: bool = db
+    let messages_left: i64 = db
         .pool
         .get()
         .await?
-        .query_one("SELECT to_regclass('cb_q_doomed') IS NOT NULL", &[])
+        .query_one("SELECT count(*) FROM cb_messages", &[])
         .await?
         .get(0);
-    assert!(!table_left, "deleting a queue drops its table");
+    assert_eq!(messages_left, 0, "deleting a queue deletes its messages");
     Ok(())
 }
 
@@ -231,6 +231,129 @@ async fn recreated_queue_starts_empty() -> anyhow::Result<()> {
         ids(&messages),
         vec![id],
         "the old message's key is gone too"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_deletion_waits_for_open_sends() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("busy").await;
+    let mut sender = db.pool.get().await?;
+    let open = sender.transaction().await?;
+    queue::send(&open, "busy", &json!("in flight"), SendOpts::default()).await?;
+
+    let deleting = tokio::spawn({
+        let client = client.clone();
+        async move { client.delete_queue("busy").await }
+    });
+    let watcher = db.pool.get().await?;
+    wait_for(
+        "the deletion to wait for the open send",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .expect("read pg_locks")
+                .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    assert!(!deleting.is_finished());
+    open.commit().await?;
+
+    assert!(deleting.await??, "the queue existed");
+    let left: i64 = watcher
+        .query_one("SELECT count(*) FROM cb_messages", &[])
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "the committed send's message went with its queue");
+    Ok(())
+}
+
+#[tokio::test]
+async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("planned").await;
+    // One connection calls every function more than five times while the
+    // table is nearly empty, so PL/pgSQL settles on generic plans. Plans
+    // chosen for an empty table would scan the whole table for each id.
+    let conn = db.pool.get().await?;
+    for round in 0..8 {
+        let key = format!("k{round}");
+        let id = queue::send(&conn, "planned", &json!(round), SendOpts::default()).await?;
+        queue::send(
+            &conn,
+            "planned",
+            &json!(round),
+            SendOpts::default().concurrency_key(&key),
+        )
+        .await?;
+        let many = queue::send_many(
+            &conn,
+            "planned",
+            &[json!(1), json!(2)],
+            SendManyOpts::default(),
+        )
+        .await?;
+        let read = queue::read(&conn, "planned", 10, LEASE).await?;
+        assert!(!read.is_empty());
+        queue::hide(&conn, "planned", id, Duration::ZERO).await?;
+        queue::hide_many(&conn, "planned", &many, Duration::ZERO).await?;
+        queue::delete(&conn, "planned", id).await?;
+        queue::delete_many(&conn, "planned", &many).await?;
+    }
+    client
+        .send_many("planned", &vec![json!(0); 2_000], SendManyOpts::default())
+        .await?;
+    conn.batch_execute("ANALYZE cb_messages").await?;
+    let scans = || async {
+        conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("flush the statistics");
+        let scans: i64 = conn
+            .query_one(
+                "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'cb_messages'",
+                &[],
+            )
+            .await
+            .expect("read the table statistics")
+            .get(0);
+        scans
+    };
+    let before = scans().await;
+
+    for round in 0..4 {
+        let key = format!("again{round}");
+        let id = queue::send(&conn, "planned", &json!(round), SendOpts::default()).await?;
+        queue::send(
+            &conn,
+            "planned",
+            &json!(round),
+            SendOpts::default().concurrency_key(&key),
+        )
+        .await?;
+        let many = queue::send_many(
+            &conn,
+            "planned",
+            &[json!(1), json!(2)],
+            SendManyOpts::default(),
+        )
+        .await?;
+        queue::read(&conn, "planned", 10, LEASE).await?;
+        queue::hide(&conn, "planned", id, Duration::ZERO).await?;
+        queue::hide_many(&conn, "planned", &many, Duration::ZERO).await?;
+        queue::delete(&conn, "planned", id).await?;
+        queue::delete_many(&conn, "planned", &many).await?;
+    }
+
+    assert_eq!(
+        scans().await,
+        before,
+        "a queue function scanned the whole message table"
     );
     Ok(())
 }
@@ -1640,7 +1763,8 @@ async fn large_and_multibyte_bodies_round_trip() -> anyhow::Result<()> {
         );
         let stored_bytes: i32 = connection
             .query_one(
-                "SELECT octet_length(body #>> '{}') FROM cb_q_big_q WHERE id = $1",
+                "SELECT octet_length(body #>> '{}') FROM cb_messages
+                 WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'big_q') AND id = $1",
                 &[&id],
             )
             .await?
@@ -1759,12 +1883,12 @@ async fn read_in_rolled_back_transaction_leaves_message_unread() -> anyhow::Resu
 #[tokio::test]
 async fn database_error_shows_server_message() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("jobs").await;
-    // Dropping the queue's table behind catbird's back makes the send fail
+    // Dropping the message table behind catbird's back makes the send fail
     // inside PostgreSQL with an error catbird does not map to a kind.
     db.pool
         .get()
         .await?
-        .batch_execute("DROP TABLE cb_q_jobs")
+        .batch_execute("DROP TABLE cb_messages")
         .await?;
 
     let error = client
@@ -1779,7 +1903,7 @@ async fn database_error_shows_server_message() -> anyhow::Result<()> {
     );
     let text = error.to_string();
     assert!(
-        text.contains("relation \"cb_q_jobs\" does not exist"),
+        text.contains("relation \"cb_messages\" does not exist"),
         "the message should carry the server's text: {text}"
     );
     assert!(

@@ -96,7 +96,8 @@ async fn sql_send_single_returns_id() -> anyhow::Result<()> {
     let id: i64 = row.get(0);
     let stored = client
         .query_one(
-            "SELECT body, topic, headers, priority FROM cb_q_sql_q WHERE id = $1",
+            "SELECT body, topic, headers, priority FROM cb_messages
+             WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'sql_q') AND id = $1",
             &[&id],
         )
         .await?;
@@ -158,7 +159,8 @@ async fn sql_send_treats_empty_strings_as_absent() -> anyhow::Result<()> {
     assert_eq!(batch.len(), 2, "empty keys in a batch are no keys");
     let absent: i64 = client
         .query_one(
-            "SELECT count(*) FROM cb_q_sql_q WHERE topic IS NULL AND concurrency_key IS NULL",
+            "SELECT count(*) FROM cb_messages
+             WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'sql_q') AND topic IS NULL AND concurrency_key IS NULL",
             &[],
         )
         .await?
@@ -188,7 +190,7 @@ async fn sql_send_array_returns_ids_ascending() -> anyhow::Result<()> {
     assert!(ids[0] < ids[1]);
     assert!(empty.is_empty());
     let bodies: Vec<Value> = client
-        .query("SELECT body FROM cb_q_sql_q ORDER BY id", &[])
+        .query("SELECT body FROM cb_messages WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'sql_q') ORDER BY id", &[])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -207,7 +209,8 @@ async fn sql_read_returns_message_rows() -> anyhow::Result<()> {
     .await;
     client
         .batch_execute(&format!(
-            "UPDATE cb_q_sql_q SET priority = 5 WHERE id = {}",
+            "UPDATE cb_messages SET priority = 5
+             WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'sql_q') AND id = {}",
             sent[1]
         ))
         .await?;
@@ -479,7 +482,10 @@ async fn sql_invalid_arguments_raise_cb002() -> anyhow::Result<()> {
         assert!(message.contains(expected), "{sql}: {message}");
     }
     let stored: i64 = client
-        .query_one("SELECT count(*) FROM cb_q_sql_q", &[])
+        .query_one(
+            "SELECT count(*) FROM cb_messages WHERE queue_id = (SELECT id FROM cb_queues WHERE name = 'sql_q')",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(stored, 0, "no rejected call stored a message");

@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -128,6 +128,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "wake_requests",
         source: include_str!("../../../sql/0008_wake_requests.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "shared_queue_table",
+        source: include_str!("../../../sql/0009_shared_queue_table.sql"),
     },
 ];
 
