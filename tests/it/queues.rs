@@ -359,6 +359,60 @@ async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn reads_step_over_acknowledged_messages_once() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("churned").await;
+    // Statistics that show a long queue of hidden messages make a bitmap
+    // scan look cheaper than the read order index, for the plans a session
+    // makes for its first reads. A bitmap scan reads every index entry of
+    // the queue, those of deleted messages included, and leaves them as
+    // they are. An index scan in read order marks them dead on the way.
+    let sent = client
+        .send_many("churned", &vec![json!(0); 3_000], SendManyOpts::default())
+        .await?;
+    queue::read(&db.pool, "churned", 3_000, LEASE).await?;
+    let setup = db.pool.get().await?;
+    setup.batch_execute("ANALYZE cb_messages").await?;
+    queue::delete_many(&setup, "churned", &sent).await?;
+    let last = client
+        .send("churned", &json!(1), SendOpts::default())
+        .await?;
+    let conn = db.connect().await;
+    let entries_read = || async {
+        conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("flush the statistics");
+        let entries: i64 = conn
+            .query_one(
+                "SELECT sum(idx_tup_read)::bigint FROM pg_stat_user_indexes
+                  WHERE relname = 'cb_messages'",
+                &[],
+            )
+            .await
+            .expect("read the index statistics")
+            .get(0);
+        entries
+    };
+
+    assert_eq!(
+        ids(&queue::read(&conn, "churned", 100, LEASE).await?),
+        vec![last]
+    );
+    queue::hide(&conn, "churned", last, Duration::ZERO).await?;
+    let before = entries_read().await;
+    assert_eq!(
+        ids(&queue::read(&conn, "churned", 100, LEASE).await?),
+        vec![last]
+    );
+    let stepped = entries_read().await - before;
+
+    assert!(
+        stepped < 100,
+        "the last read went through {stepped} index entries of deleted messages"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn expired_queue_works_until_collected() -> anyhow::Result<()> {
     let db = TestDb::new().await;
     let client = Client::new(db.pool.clone());
