@@ -344,8 +344,12 @@ BEGIN
     -- NOTE: SKIP LOCKED is load-bearing: two readers never block each other
     -- and never receive the same message.
     RETURN QUERY
+    -- NOTE: the update finds the locked rows by their physical address,
+    -- which no concurrent transaction can move while the lock is held. A
+    -- join by id could look messages up by queue alone: a generic plan made
+    -- while the table was small then read the whole queue for each message.
     WITH selected AS (
-        SELECT m.id FROM cb_messages m
+        SELECT m.ctid AS row_address FROM cb_messages m
         WHERE m.queue_id = v_queue_id
           AND m.visible_at <= v_now AND (m.expires_at IS NULL OR m.expires_at > v_now)
         ORDER BY m.priority DESC, m.id
@@ -355,8 +359,7 @@ BEGIN
         UPDATE cb_messages m
         SET deliveries = m.deliveries + 1,
             visible_at = v_now + make_interval(secs => cb_read.hide_for / 1000.0)
-        FROM selected s
-        WHERE m.queue_id = v_queue_id AND m.id = s.id
+        WHERE m.ctid = ANY(ARRAY(SELECT s.row_address FROM selected s))
         RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority,
                   m.deliveries, m.created_at, m.visible_at, m.expires_at
     )
@@ -386,7 +389,7 @@ END;
 $$;
 
 CREATE OR REPLACE FUNCTION cb_hide(queue text, ids bigint[], hide_for integer) RETURNS SETOF bigint
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_queue_id integer;
@@ -426,7 +429,7 @@ END;
 $$;
 
 CREATE OR REPLACE FUNCTION cb_delete(queue text, ids bigint[]) RETURNS SETOF bigint
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_custom_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_queue_id integer;
