@@ -107,6 +107,21 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT hashtext('cb_queue:' || queue)::bigint
 $$;
 
+-- Raises a serialization failure when the transaction's snapshot still
+-- shows a queue that a committed cb_delete_queue removed. Read committed
+-- looks the queue up after the lock, with a fresh snapshot, and skips it.
+-- A repeatable read or serializable snapshot can predate the deletion, and
+-- a send through it would store a message for a queue that is gone.
+-- Locking the queue's row detects that.
+CREATE FUNCTION cb_check_queue_snapshot(queue_id integer) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM 1 FROM cb_queues q WHERE q.id = cb_check_queue_snapshot.queue_id FOR KEY SHARE;
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION cb_create_queue(
     name text,
     expires_at timestamptz DEFAULT NULL,
@@ -187,6 +202,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM cb_queue_missing(cb_send.queue);
     END IF;
+    PERFORM cb_check_queue_snapshot(v_queue_id);
     IF v_headers IS NOT NULL THEN
         v_headers := cb_check_headers(v_headers);
     END IF;
@@ -252,6 +268,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM cb_queue_missing(cb_send.queue);
     END IF;
+    PERFORM cb_check_queue_snapshot(v_queue_id);
     IF cb_send.concurrency_keys IS NOT NULL AND cardinality(cb_send.concurrency_keys) <> v_count THEN
         RAISE EXCEPTION 'catbird: concurrency_keys length must match bodies length (% keys, % bodies)',
             cardinality(cb_send.concurrency_keys), v_count
@@ -1044,6 +1061,7 @@ $$;
 
 DROP FUNCTION cb_delete_expired_messages();
 DROP FUNCTION cb_queue_lock_key(text);
+DROP FUNCTION cb_check_queue_snapshot(integer);
 DROP FUNCTION cb_queue_missing(text);
 DROP TABLE cb_messages;
 ALTER TABLE cb_queues DROP COLUMN id;

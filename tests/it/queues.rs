@@ -276,6 +276,41 @@ async fn queue_deletion_waits_for_open_sends() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn old_snapshot_cannot_send_to_deleted_queue() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("gone").await;
+    let mut sender = db.pool.get().await?;
+    let open = sender
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    // The first statement fixes the snapshot, which still shows the queue.
+    open.query_one("SELECT count(*) FROM cb_queues", &[])
+        .await?;
+    assert!(client.delete_queue("gone").await?);
+
+    let error = queue::send(&open, "gone", &json!("late"), SendOpts::default())
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE),
+        "{error:?}"
+    );
+    drop(open);
+    let stored: i64 = db
+        .pool
+        .get()
+        .await?
+        .query_one("SELECT count(*) FROM cb_messages", &[])
+        .await?
+        .get(0);
+    assert_eq!(stored, 0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("planned").await;
     // One connection calls every function more than five times while the

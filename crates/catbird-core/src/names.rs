@@ -2,8 +2,8 @@
 
 use crate::error::{Error, NameRule};
 
-/// The maximum length of a name. Catbird stores each queue in a table named
-/// `cb_q_<name>`, and PostgreSQL identifiers hold at most 63 bytes.
+/// The maximum length of a name. Catbird stores each task in a table named
+/// `cb_t_<name>`, and PostgreSQL identifiers hold at most 63 bytes.
 pub const MAX_NAME_LEN: usize = 58;
 
 /// Checks that `name` is 1 to 58 characters of `a-z`, `0-9` and `_`.
