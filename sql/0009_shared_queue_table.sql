@@ -76,8 +76,8 @@ BEGIN
                    priority, deliveries, created_at, visible_at, expires_at
             FROM %I$sql$, 'cb_q_' || v_queue.name)
             USING v_queue.id;
-        -- NOTE: the identity sequence, not the stored rows, holds the last
-        -- id a queue handed out; a deleted message's id is never reused.
+        -- NOTE: the identity sequence, not the stored rows, knows the last
+        -- id a queue handed out, so a deleted message's id is never reused.
         EXECUTE format('SELECT last_value FROM %s', pg_get_serial_sequence('cb_q_' || v_queue.name, 'id'))
             INTO v_table_max;
         v_max := greatest(v_max, v_table_max);
@@ -173,11 +173,11 @@ $$;
 -- keeps a generic plan per statement for the session, and one made while
 -- the table was nearly empty would scan the whole table for every id.
 -- cb_read also runs with bitmap scans off. A long queue of hidden messages
--- makes a bitmap scan and a sort look cheaper than the read index, but a
+-- makes a bitmap scan and a sort look cheaper than the read index. But a
 -- bitmap scan visits every index entry of the queue on every read and never
--- marks those of deleted messages dead, so reads of a busy queue slowed
--- down threefold within 30 seconds. An index scan in read order marks them
--- on the way, and later reads skip them.
+-- marks those of deleted messages dead. Reads of a busy queue slowed down
+-- threefold within 30 seconds that way. An index scan in read order marks
+-- them on the way, and later reads skip them.
 
 CREATE OR REPLACE FUNCTION cb_send(
     queue text,
@@ -224,7 +224,7 @@ BEGIN
         DELETE FROM cb_messages m
         WHERE m.queue_id = v_queue_id AND m.concurrency_key = v_key AND m.expires_at <= now();
 
-        -- NOTE: ON CONFLICT DO NOTHING is the deduplication; with a
+        -- NOTE: ON CONFLICT DO NOTHING is the deduplication. With a
         -- concurrent sender of the same key it waits for that transaction.
         INSERT INTO cb_messages (queue_id, concurrency_key, topic, body, headers, priority, visible_at, expires_at)
         VALUES (v_queue_id, v_key, nullif(cb_send.topic, ''), cb_send.body, v_headers,
