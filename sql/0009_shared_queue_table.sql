@@ -15,10 +15,11 @@
 -- stored messages (the key is queue id and message id) and starts the
 -- sequence above the largest one.
 --
--- Deleting a queue deletes its rows. A send takes the queue's advisory lock
--- in share mode until its transaction ends, and cb_delete_queue takes it
--- exclusively, so a queue's deletion waits for open sends to it, as
--- DROP TABLE did, and no message outlives its queue.
+-- Deleting a queue deletes its rows. Every message function takes the
+-- queue's advisory lock in share mode until its transaction ends, and
+-- cb_delete_queue takes it exclusively. So a queue's deletion waits for the
+-- open transactions that used the queue, as DROP TABLE did, and no message
+-- outlives its queue.
 
 -- migrate:up
 
@@ -58,9 +59,10 @@ ALTER SEQUENCE cb_message_ids OWNED BY cb_messages.id;
 CREATE INDEX cb_messages_read_idx ON cb_messages (queue_id, priority DESC, id);
 CREATE UNIQUE INDEX cb_messages_key_idx ON cb_messages (queue_id, concurrency_key)
     WHERE concurrency_key IS NOT NULL;
--- Garbage collection finds expired messages without reading the others.
-CREATE INDEX cb_messages_expiry_idx ON cb_messages (expires_at)
-    WHERE expires_at IS NOT NULL;
+-- NOTE: no index on expires_at. Garbage collection reads the whole table
+-- once per pass, as version 8 read every queue table. With such an index,
+-- plans made from statistics in which no message expired looked keyed
+-- sends up through it and stepped over other queues' expired messages.
 
 DO $$
 DECLARE
@@ -100,25 +102,35 @@ BEGIN
 END;
 $$;
 
--- The advisory lock key of a queue name, shared by creation, deletion and
--- sends.
-CREATE FUNCTION cb_queue_lock_key(queue text) RETURNS bigint
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT hashtext('cb_queue:' || queue)::bigint
+-- The second half of the advisory lock key of a queue in this schema. The
+-- first half is 1667395957 ('cbqu' in ASCII). Two names with one hash only
+-- make a deletion wait for the other queue's open transactions.
+CREATE FUNCTION cb_queue_lock_key(queue text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT hashtext(current_schema() || '|' || queue)
 $$;
 
--- Raises a serialization failure when the transaction's snapshot still
--- shows a queue that a committed cb_delete_queue removed. Read committed
--- looks the queue up after the lock, with a fresh snapshot, and skips it.
--- A repeatable read or serializable snapshot can predate the deletion, and
--- a send through it would store a message for a queue that is gone.
--- Locking the queue's row detects that.
-CREATE FUNCTION cb_check_queue_snapshot(queue_id integer) RETURNS void
+-- Takes the queue's advisory lock in share mode until the transaction ends
+-- and returns the queue's id. Raises CB001 for a queue that does not exist
+-- and CB002 for an invalid name.
+CREATE FUNCTION cb_use_queue(queue text) RETURNS integer
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_id integer;
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        PERFORM 1 FROM cb_queues q WHERE q.id = cb_check_queue_snapshot.queue_id FOR KEY SHARE;
+    PERFORM pg_advisory_xact_lock_shared(1667395957, cb_queue_lock_key(queue));
+    SELECT q.id INTO v_id FROM cb_queues q WHERE q.name = queue;
+    IF NOT FOUND THEN
+        PERFORM cb_queue_missing(queue);
     END IF;
+    -- NOTE: read committed looks the queue up after the lock, with a fresh
+    -- snapshot. An older snapshot can still show a queue whose deletion
+    -- committed, and a send through it would store a message for a queue
+    -- that is gone. Locking the row raises a serialization failure then.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM 1 FROM cb_queues q WHERE q.id = v_id FOR KEY SHARE;
+    END IF;
+    RETURN v_id;
 END;
 $$;
 
@@ -136,14 +148,10 @@ BEGIN
             cb_create_queue.name, cb_create_queue.expires_at
             USING ERRCODE = 'CB002';
     END IF;
-    -- NOTE: an existing queue returns before the lock, so creating it again
-    -- never waits for the open transactions that send to it.
-    PERFORM 1 FROM cb_queues q WHERE q.name = cb_create_queue.name;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-
-    PERFORM pg_advisory_xact_lock(cb_queue_lock_key(cb_create_queue.name));
+    -- NOTE: share mode waits for a deletion of the name in progress, but not
+    -- for transactions that use the queue. The unique name orders
+    -- concurrent creators.
+    PERFORM pg_advisory_xact_lock_shared(1667395957, cb_queue_lock_key(cb_create_queue.name));
     INSERT INTO cb_queues (name, description, expires_at)
     VALUES (cb_create_queue.name, nullif(cb_create_queue.description, ''), cb_create_queue.expires_at)
     ON CONFLICT (name) DO NOTHING;
@@ -157,9 +165,9 @@ DECLARE
     v_id integer;
 BEGIN
     PERFORM cb_check_name('queue', cb_delete_queue.name);
-    -- NOTE: waits for the open transactions that sent to the queue, so
-    -- their messages are committed and deleted below, not left behind.
-    PERFORM pg_advisory_xact_lock(cb_queue_lock_key(cb_delete_queue.name));
+    -- NOTE: waits for the open transactions that used the queue, so their
+    -- messages are committed and deleted below, not left behind.
+    PERFORM pg_advisory_xact_lock(1667395957, cb_queue_lock_key(cb_delete_queue.name));
     DELETE FROM cb_queues q WHERE q.name = cb_delete_queue.name RETURNING q.id INTO v_id;
     IF v_id IS NULL THEN
         RETURN false;
@@ -197,12 +205,7 @@ DECLARE
     v_headers jsonb := cb_send.headers;
     v_id bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(cb_queue_lock_key(cb_send.queue));
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_send.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_send.queue);
-    END IF;
-    PERFORM cb_check_queue_snapshot(v_queue_id);
+    v_queue_id := cb_use_queue(cb_send.queue);
     IF v_headers IS NOT NULL THEN
         v_headers := cb_check_headers(v_headers);
     END IF;
@@ -262,13 +265,9 @@ DECLARE
     v_queue_id integer;
     v_count integer := coalesce(cardinality(cb_send.bodies), 0);
     v_inserted integer;
+    v_expired tid[];
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(cb_queue_lock_key(cb_send.queue));
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_send.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_send.queue);
-    END IF;
-    PERFORM cb_check_queue_snapshot(v_queue_id);
+    v_queue_id := cb_use_queue(cb_send.queue);
     IF cb_send.concurrency_keys IS NOT NULL AND cardinality(cb_send.concurrency_keys) <> v_count THEN
         RAISE EXCEPTION 'catbird: concurrency_keys length must match bodies length (% keys, % bodies)',
             cardinality(cb_send.concurrency_keys), v_count
@@ -296,9 +295,22 @@ BEGIN
     END IF;
 
     IF cb_send.concurrency_keys IS NOT NULL THEN
-        DELETE FROM cb_messages m
-        WHERE m.queue_id = v_queue_id AND m.concurrency_key = ANY(cb_send.concurrency_keys)
-          AND m.expires_at <= now();
+        -- NOTE: expired holders are locked in key order, the order of the
+        -- inserts below, so two batches that replace the same holders wait
+        -- for each other in one direction only. The lookup is planned for
+        -- the keys of each call. The delete is a statement of its own, so
+        -- its snapshot sees the locked versions.
+        EXECUTE $sql$
+            SELECT ARRAY(
+                SELECT e.ctid FROM cb_messages e
+                WHERE e.queue_id = $1 AND e.concurrency_key = ANY($2) AND e.expires_at <= now()
+                ORDER BY e.concurrency_key
+                FOR UPDATE)$sql$
+            INTO v_expired
+            USING v_queue_id, cb_send.concurrency_keys;
+        IF cardinality(v_expired) > 0 THEN
+            DELETE FROM cb_messages m WHERE m.ctid = ANY(v_expired);
+        END IF;
     END IF;
 
     -- NOTE: ids are drawn in body order, but rows are inserted in key order,
@@ -344,11 +356,9 @@ LANGUAGE plpgsql SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 DECLARE
     v_queue_id integer;
     v_now timestamptz := clock_timestamp();
+    v_rows tid[];
 BEGIN
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_read.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_read.queue);
-    END IF;
+    v_queue_id := cb_use_queue(cb_read.queue);
     IF cb_read.quantity IS NULL OR cb_read.quantity <= 0 THEN
         RAISE EXCEPTION 'catbird: quantity must be greater than 0, got %', coalesce(cb_read.quantity::text, 'NULL')
             USING ERRCODE = 'CB002';
@@ -360,23 +370,30 @@ BEGIN
 
     -- NOTE: SKIP LOCKED is load-bearing: two readers never block each other
     -- and never receive the same message.
-    RETURN QUERY
-    -- NOTE: the update finds the locked rows by their physical address,
-    -- which no concurrent transaction can move while the lock is held. A
-    -- join by id could look messages up by queue alone: a generic plan made
-    -- while the table was small then read the whole queue for each message.
-    WITH selected AS (
-        SELECT m.ctid AS row_address FROM cb_messages m
+    v_rows := ARRAY(
+        SELECT m.ctid FROM cb_messages m
         WHERE m.queue_id = v_queue_id
           AND m.visible_at <= v_now AND (m.expires_at IS NULL OR m.expires_at > v_now)
         ORDER BY m.priority DESC, m.id
         LIMIT cb_read.quantity
-        FOR UPDATE SKIP LOCKED
-    ), updated AS (
+        FOR UPDATE SKIP LOCKED);
+    IF cardinality(v_rows) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- NOTE: the update finds the locked rows by their physical address,
+    -- which nothing else can change while the lock is held. A join by id
+    -- could look messages up by queue alone: a generic plan made while the
+    -- table was small then read the whole queue for each message. It is a
+    -- statement of its own, so its snapshot sees the version that was
+    -- locked, even one that a transaction committed after the first
+    -- statement began.
+    RETURN QUERY
+    WITH updated AS (
         UPDATE cb_messages m
         SET deliveries = m.deliveries + 1,
             visible_at = v_now + make_interval(secs => cb_read.hide_for / 1000.0)
-        WHERE m.ctid = ANY(ARRAY(SELECT s.row_address FROM selected s))
+        WHERE m.ctid = ANY(v_rows)
         RETURNING m.id, m.concurrency_key, m.topic, m.body, m.headers, m.priority,
                   m.deliveries, m.created_at, m.visible_at, m.expires_at
     )
@@ -390,10 +407,7 @@ LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     v_queue_id integer;
 BEGIN
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_hide.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_hide.queue);
-    END IF;
+    v_queue_id := cb_use_queue(cb_hide.queue);
     IF cb_hide.hide_for IS NULL OR cb_hide.hide_for < 0 THEN
         RAISE EXCEPTION 'catbird: hide_for must not be negative, got % milliseconds', coalesce(cb_hide.hide_for::text, 'NULL')
             USING ERRCODE = 'CB002';
@@ -411,10 +425,7 @@ LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_custom_pla
 DECLARE
     v_queue_id integer;
 BEGIN
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_hide.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_hide.queue);
-    END IF;
+    v_queue_id := cb_use_queue(cb_hide.queue);
     IF cb_hide.hide_for IS NULL OR cb_hide.hide_for < 0 THEN
         RAISE EXCEPTION 'catbird: hide_for must not be negative, got % milliseconds', coalesce(cb_hide.hide_for::text, 'NULL')
             USING ERRCODE = 'CB002';
@@ -436,10 +447,7 @@ LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     v_queue_id integer;
 BEGIN
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_delete.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_delete.queue);
-    END IF;
+    v_queue_id := cb_use_queue(cb_delete.queue);
     DELETE FROM cb_messages m WHERE m.queue_id = v_queue_id AND m.id = cb_delete.id;
     RETURN FOUND;
 END;
@@ -451,10 +459,7 @@ LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_custom_pla
 DECLARE
     v_queue_id integer;
 BEGIN
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_delete.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_delete.queue);
-    END IF;
+    v_queue_id := cb_use_queue(cb_delete.queue);
     RETURN QUERY
     WITH deleted AS (
         DELETE FROM cb_messages m
@@ -472,10 +477,7 @@ LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     v_queue_id integer;
 BEGIN
-    SELECT q.id INTO v_queue_id FROM cb_queues q WHERE q.name = cb_renew_message.queue;
-    IF NOT FOUND THEN
-        PERFORM cb_queue_missing(cb_renew_message.queue);
-    END IF;
+    v_queue_id := cb_use_queue(cb_renew_message.queue);
     IF cb_renew_message.hide_for IS NULL OR cb_renew_message.hide_for <= 0 THEN
         RAISE EXCEPTION 'catbird: hide_for must be greater than 0 milliseconds, got %',
             coalesce(cb_renew_message.hide_for::text, 'NULL')
@@ -489,13 +491,18 @@ BEGIN
 END;
 $$;
 
--- Deletes the expired messages of every queue and returns how many.
+-- Deletes the expired messages of every queue and returns how many. A
+-- message that another transaction has locked is left for the next pass,
+-- so two passes at once never wait for each other.
 CREATE FUNCTION cb_delete_expired_messages() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_count integer;
 BEGIN
-    DELETE FROM cb_messages m WHERE m.expires_at <= now();
+    DELETE FROM cb_messages m
+    WHERE m.ctid = ANY(ARRAY(
+        SELECT e.ctid FROM cb_messages e WHERE e.expires_at <= now()
+        FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END;
@@ -1061,7 +1068,7 @@ $$;
 
 DROP FUNCTION cb_delete_expired_messages();
 DROP FUNCTION cb_queue_lock_key(text);
-DROP FUNCTION cb_check_queue_snapshot(integer);
+DROP FUNCTION cb_use_queue(text);
 DROP FUNCTION cb_queue_missing(text);
 DROP TABLE cb_messages;
 ALTER TABLE cb_queues DROP COLUMN id;
