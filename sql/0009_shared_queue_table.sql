@@ -78,7 +78,7 @@ BEGIN
                    priority, deliveries, created_at, visible_at, expires_at
             FROM %I$sql$, 'cb_q_' || v_queue.name)
             USING v_queue.id;
-        -- NOTE: the identity sequence, not the stored rows, knows the last
+        -- NOTE: the identity sequence, not the stored rows, records the last
         -- id a queue handed out, so a deleted message's id is never reused.
         EXECUTE format('SELECT last_value FROM %s', pg_get_serial_sequence('cb_q_' || v_queue.name, 'id'))
             INTO v_table_max;
@@ -299,7 +299,7 @@ BEGIN
         -- inserts below, so two batches that replace the same holders wait
         -- for each other in one direction only. The lookup is planned for
         -- the keys of each call. The delete is a statement of its own, so
-        -- its snapshot sees the locked versions.
+        -- its snapshot includes the locked versions.
         EXECUTE $sql$
             SELECT ARRAY(
                 SELECT e.ctid FROM cb_messages e
@@ -385,7 +385,7 @@ BEGIN
     -- which nothing else can change while the lock is held. A join by id
     -- could look messages up by queue alone: a generic plan made while the
     -- table was small then read the whole queue for each message. It is a
-    -- statement of its own, so its snapshot sees the version that was
+    -- statement of its own, so its snapshot includes the version that was
     -- locked, even one that a transaction committed after the first
     -- statement began.
     RETURN QUERY

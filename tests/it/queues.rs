@@ -236,9 +236,9 @@ async fn recreated_queue_starts_empty() -> anyhow::Result<()> {
 }
 
 /// Waits until some session waits for an advisory lock.
-async fn wait_for_lock_waiter(pool: &deadpool_postgres::Pool, what: &str) {
+async fn wait_for_lock_waiter(pool: &deadpool_postgres::Pool, condition: &str) {
     let watcher = pool.get().await.expect("pooled connection");
-    wait_for(what, Duration::from_secs(10), || async {
+    wait_for(condition, Duration::from_secs(10), || async {
         let waiting: i64 = watcher
             .query_one(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
