@@ -117,6 +117,15 @@ async fn main() -> anyhow::Result<()> {
 
     let admin = connect(&args.url).await?;
     let server_version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
+    let server_settings = report::server_settings(&admin).await?;
+    eprintln!(
+        "server settings: {}",
+        server_settings
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let load_before = report::load_average();
     let mut runs = Vec::new();
     for repeat in 0..args.repeat {
@@ -146,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         window,
         repeat: args.repeat,
         server_version,
+        server_settings,
         load_before,
         load_after: report::load_average(),
     };

@@ -219,10 +219,31 @@ pub(crate) struct Settings {
     pub(crate) window: Duration,
     pub(crate) repeat: usize,
     pub(crate) server_version: String,
+    /// The server settings that change the figures most, by name.
+    pub(crate) server_settings: Vec<(String, String)>,
     /// `/proc/loadavg` before the first and after the last scenario, to
     /// show how busy the machine was.
     pub(crate) load_before: String,
     pub(crate) load_after: String,
+}
+
+/// Reads the server settings that change the figures most: durability,
+/// autovacuum and memory. A server with autovacuum off leaves every dead
+/// row of a scenario in place until the worker's own vacuums.
+pub(crate) async fn server_settings(
+    admin: &tokio_postgres::Client,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let rows = admin
+        .query(
+            "SELECT name, setting FROM pg_settings
+              WHERE name IN ('autovacuum', 'autovacuum_naptime', 'fsync',
+                             'synchronous_commit', 'shared_buffers', 'max_connections')
+              ORDER BY name",
+            &[],
+        )
+        .await
+        .context("read the server settings")?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// Writes the figures with the PostgreSQL version, commit, machine and time
@@ -248,6 +269,11 @@ pub(crate) fn write_json(
         "window_seconds": settings.window.as_secs(),
         "repeat": settings.repeat,
         "postgres_version": settings.server_version,
+        "server_settings": settings
+            .server_settings
+            .iter()
+            .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+            .collect::<serde_json::Map<_, _>>(),
         "commit": std::env::var("CB_BENCH_COMMIT").unwrap_or_default(),
         "machine": machine,
         "load_average_before": settings.load_before,
