@@ -102,12 +102,15 @@ BEGIN
 END;
 $$;
 
--- The second half of the advisory lock key of a queue in this schema. The
--- first half is 1667395957 ('cbqu' in ASCII). Two names with one hash only
--- make a deletion wait for the other queue's open transactions.
+-- The second half of the advisory lock key of a queue. The first half is
+-- the oid of this installation's cb_queues table, found the way the
+-- functions find their tables. So the key does not depend on which schema
+-- comes first on the caller's search_path, and two installations in one
+-- database never share a key. Two names with one hash only make a deletion
+-- wait for the other queue's open transactions.
 CREATE FUNCTION cb_queue_lock_key(queue text) RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT hashtext(current_schema() || '|' || queue)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT hashtext(queue)
 $$;
 
 -- Takes the queue's advisory lock in share mode until the transaction ends
@@ -118,7 +121,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1667395957, cb_queue_lock_key(queue));
+    PERFORM pg_advisory_xact_lock_shared('cb_queues'::regclass::oid::integer, cb_queue_lock_key(queue));
     SELECT q.id INTO v_id FROM cb_queues q WHERE q.name = queue;
     IF NOT FOUND THEN
         PERFORM cb_queue_missing(queue);
@@ -151,7 +154,7 @@ BEGIN
     -- NOTE: share mode waits for a deletion of the name in progress, but not
     -- for transactions that use the queue. The unique name orders
     -- concurrent creators.
-    PERFORM pg_advisory_xact_lock_shared(1667395957, cb_queue_lock_key(cb_create_queue.name));
+    PERFORM pg_advisory_xact_lock_shared('cb_queues'::regclass::oid::integer, cb_queue_lock_key(cb_create_queue.name));
     INSERT INTO cb_queues (name, description, expires_at)
     VALUES (cb_create_queue.name, nullif(cb_create_queue.description, ''), cb_create_queue.expires_at)
     ON CONFLICT (name) DO NOTHING;
@@ -167,7 +170,7 @@ BEGIN
     PERFORM cb_check_name('queue', cb_delete_queue.name);
     -- NOTE: waits for the open transactions that used the queue, so their
     -- messages are committed and deleted below, not left behind.
-    PERFORM pg_advisory_xact_lock(1667395957, cb_queue_lock_key(cb_delete_queue.name));
+    PERFORM pg_advisory_xact_lock('cb_queues'::regclass::oid::integer, cb_queue_lock_key(cb_delete_queue.name));
     DELETE FROM cb_queues q WHERE q.name = cb_delete_queue.name RETURNING q.id INTO v_id;
     IF v_id IS NULL THEN
         RETURN false;
@@ -491,18 +494,30 @@ BEGIN
 END;
 $$;
 
--- Deletes the expired messages of every queue and returns how many. A
+-- Deletes the expired messages of every queue, and the messages left
+-- behind by a deleted queue, and returns how many. A deletion in repeatable
+-- read or serializable waits for the queue's open senders but cannot see
+-- what they commit, so their messages outlive the queue until this pass. A
 -- message that another transaction has locked is left for the next pass,
 -- so two passes at once never wait for each other.
 CREATE FUNCTION cb_delete_expired_messages() RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
+    v_rows tid[];
     v_count integer;
 BEGIN
-    DELETE FROM cb_messages m
-    WHERE m.ctid = ANY(ARRAY(
-        SELECT e.ctid FROM cb_messages e WHERE e.expires_at <= now()
-        FOR UPDATE SKIP LOCKED));
+    v_rows := ARRAY(
+        SELECT e.ctid FROM cb_messages e
+        WHERE e.expires_at <= now()
+           OR NOT EXISTS (SELECT 1 FROM cb_queues q WHERE q.id = e.queue_id)
+        FOR UPDATE OF e SKIP LOCKED);
+    IF cardinality(v_rows) = 0 THEN
+        RETURN 0;
+    END IF;
+    -- NOTE: planned for each pass with the rows found, so a large pass finds
+    -- them by address. A plan made once on a small table compared every row
+    -- of the table with every address.
+    DELETE FROM cb_messages m WHERE m.ctid = ANY(v_rows);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END;

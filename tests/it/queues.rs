@@ -303,6 +303,130 @@ async fn deletion_waits_for_read_then_send() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_messages_of_deleted_queues() -> anyhow::Result<()> {
+    let (db, _client) = db_with_queue("orphaned").await;
+    let mut sender = db.pool.get().await?;
+    let open = sender.transaction().await?;
+    queue::send(&open, "orphaned", &json!(1), SendOpts::default()).await?;
+
+    // A repeatable read deletion waits for the sender but cannot see the
+    // message it commits.
+    let deleting = tokio::spawn({
+        let pool = db.pool.clone();
+        async move {
+            let mut deleter = pool.get().await?;
+            let tx = deleter
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await?;
+            let existed = queue::delete_queue(&tx, "orphaned").await?;
+            tx.commit().await?;
+            anyhow::Ok(existed)
+        }
+    });
+    wait_for_lock_waiter(&db.pool, "the deletion to wait for the sender").await;
+    open.commit().await?;
+    assert!(deleting.await??);
+    let collector = db.pool.get().await?;
+
+    let deleted: i32 = collector
+        .query_one("SELECT expired_messages_deleted FROM cb_gc()", &[])
+        .await?
+        .get(0);
+
+    assert_eq!(deleted, 1);
+    let left: i64 = collector
+        .query_one("SELECT count(*) FROM cb_messages", &[])
+        .await?
+        .get(0);
+    assert_eq!(left, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_waits_whatever_search_path() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("pathed").await;
+    let mut sender = db.pool.get().await?;
+    sender
+        .batch_execute("CREATE SCHEMA IF NOT EXISTS elsewhere; SET search_path = elsewhere, public")
+        .await?;
+    let open = sender.transaction().await?;
+    queue::send(&open, "pathed", &json!(1), SendOpts::default()).await?;
+
+    let deleting = tokio::spawn({
+        let client = client.clone();
+        async move { client.delete_queue("pathed").await }
+    });
+    wait_for_lock_waiter(&db.pool, "the deletion to wait for the sender").await;
+    open.commit().await?;
+    sender.batch_execute("RESET search_path").await?;
+
+    assert!(deleting.await??);
+    let left: i64 = sender
+        .query_one("SELECT count(*) FROM cb_messages", &[])
+        .await?
+        .get(0);
+    assert_eq!(left, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn gc_stays_fast_after_growth() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("swollen").await;
+    // The first passes run on a table with a few expired messages, in the
+    // session that runs the last one after the table grew. After five
+    // passes PL/pgSQL may keep a generic plan.
+    let collector = db.pool.get().await?;
+    for _ in 0..8 {
+        let expires_at = db_now(&db.pool).await;
+        client
+            .send(
+                "swollen",
+                &json!(0),
+                SendOpts::default().expires_at(expires_at + TimeDelta::milliseconds(1)),
+            )
+            .await?;
+        wait_for("the message to expire", Duration::from_secs(10), || async {
+            (db_now(&db.pool).await > expires_at + TimeDelta::milliseconds(1)).then_some(())
+        })
+        .await;
+        collector.batch_execute("SELECT cb_gc()").await?;
+    }
+    client
+        .send_many("swollen", &vec![json!(0); 40_000], SendManyOpts::default())
+        .await?;
+    let expires_at = db_now(&db.pool).await + TimeDelta::milliseconds(50);
+    client
+        .send_many(
+            "swollen",
+            &vec![json!(0); 20_000],
+            SendManyOpts::default().expires_at(expires_at),
+        )
+        .await?;
+    wait_for(
+        "the messages to expire",
+        Duration::from_secs(10),
+        || async { (db_now(&db.pool).await > expires_at).then_some(()) },
+    )
+    .await;
+
+    // A plan that compares every row with every expired row's address
+    // takes several seconds here, and the timeout turns that into an error.
+    collector
+        .batch_execute("SET statement_timeout = '2s'")
+        .await?;
+    let deleted: i32 = collector
+        .query_one("SELECT expired_messages_deleted FROM cb_gc()", &[])
+        .await?
+        .get(0);
+    collector.batch_execute("RESET statement_timeout").await?;
+
+    assert_eq!(deleted, 20_000);
+    Ok(())
+}
+
 #[tokio::test]
 async fn gc_skips_locked_expired_messages() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("stale").await;
