@@ -235,6 +235,17 @@ async fn recreated_queue_starts_empty() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes the session's statistics counters, then runs `query` on a
+/// fresh statistics snapshot and returns its row.
+async fn flushed_statistics(conn: &tokio_postgres::Client, query: &str) -> tokio_postgres::Row {
+    conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
+        .await
+        .expect("flush the statistics");
+    conn.query_one(query, &[])
+        .await
+        .expect("read the statistics")
+}
+
 /// Waits until some session waits for an advisory lock.
 async fn wait_for_lock_waiter(pool: &deadpool_postgres::Pool, condition: &str) {
     let watcher = pool.get().await.expect("pooled connection");
@@ -564,18 +575,13 @@ async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
     conn.batch_execute("ANALYZE cb_messages").await?;
     // Returns the table's sequential scans and the index entries read.
     let scans = || async {
-        conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
-            .await
-            .expect("flush the statistics");
-        let row = conn
-            .query_one(
-                "SELECT t.seq_scan, (SELECT sum(i.idx_tup_read)::bigint FROM pg_stat_user_indexes i
-                                      WHERE i.relid = t.relid)
-                   FROM pg_stat_user_tables t WHERE t.relname = 'cb_messages'",
-                &[],
-            )
-            .await
-            .expect("read the table statistics");
+        let row = flushed_statistics(
+            &conn,
+            "SELECT t.seq_scan, (SELECT sum(i.idx_tup_read)::bigint FROM pg_stat_user_indexes i
+                                  WHERE i.relid = t.relid)
+               FROM pg_stat_user_tables t WHERE t.relname = 'cb_messages'",
+        )
+        .await;
         (row.get::<_, i64>(0), row.get::<_, i64>(1))
     };
     let before = scans().await;
@@ -655,19 +661,13 @@ async fn keyed_sends_skip_other_queues_expiry() -> anyhow::Result<()> {
     )
     .await;
     let entries_read = || async {
-        conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
-            .await
-            .expect("flush the statistics");
-        let entries: i64 = conn
-            .query_one(
-                "SELECT sum(idx_tup_read)::bigint FROM pg_stat_user_indexes
-                  WHERE relname = 'cb_messages'",
-                &[],
-            )
-            .await
-            .expect("read the index statistics")
-            .get(0);
-        entries
+        flushed_statistics(
+            &conn,
+            "SELECT sum(idx_tup_read)::bigint FROM pg_stat_user_indexes
+              WHERE relname = 'cb_messages'",
+        )
+        .await
+        .get::<_, i64>(0)
     };
     let before = entries_read().await;
 
@@ -706,19 +706,13 @@ async fn reads_use_read_order_index() -> anyhow::Result<()> {
     let conn = db.connect().await;
     // Rows fetched through the read index: a bitmap scan adds none.
     let fetched = || async {
-        conn.batch_execute("SELECT pg_stat_force_next_flush(); SELECT pg_stat_clear_snapshot()")
-            .await
-            .expect("flush the statistics");
-        let rows: i64 = conn
-            .query_one(
-                "SELECT idx_tup_fetch FROM pg_stat_user_indexes
-                  WHERE indexrelname = 'cb_messages_read_idx'",
-                &[],
-            )
-            .await
-            .expect("read the index statistics")
-            .get(0);
-        rows
+        flushed_statistics(
+            &conn,
+            "SELECT idx_tup_fetch FROM pg_stat_user_indexes
+              WHERE indexrelname = 'cb_messages_read_idx'",
+        )
+        .await
+        .get::<_, i64>(0)
     };
     let before = fetched().await;
 
