@@ -538,6 +538,30 @@ async fn old_snapshot_cannot_send_to_deleted_queue() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends, reads, hides and deletes on queue `planned` through every message
+/// function, single and batch forms, and returns the messages read.
+async fn call_every_queue_function(
+    conn: &tokio_postgres::Client,
+    key: &str,
+) -> Result<Vec<Message>, Error> {
+    let id = queue::send(conn, "planned", &json!(1), SendOpts::default()).await?;
+    let keyed = SendOpts::default().concurrency_key(key);
+    queue::send(conn, "planned", &json!(1), keyed).await?;
+    let many = queue::send_many(
+        conn,
+        "planned",
+        &[json!(1), json!(2)],
+        SendManyOpts::default(),
+    )
+    .await?;
+    let read = queue::read(conn, "planned", 10, LEASE).await?;
+    queue::hide(conn, "planned", id, Duration::ZERO).await?;
+    queue::hide_many(conn, "planned", &many, Duration::ZERO).await?;
+    queue::delete(conn, "planned", id).await?;
+    queue::delete_many(conn, "planned", &many).await?;
+    Ok(read)
+}
+
 #[tokio::test]
 async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
     let (db, client) = db_with_queue("planned").await;
@@ -546,28 +570,8 @@ async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
     // chosen for an empty table would scan the whole table for each id.
     let conn = db.pool.get().await?;
     for round in 0..8 {
-        let key = format!("k{round}");
-        let id = queue::send(&conn, "planned", &json!(round), SendOpts::default()).await?;
-        queue::send(
-            &conn,
-            "planned",
-            &json!(round),
-            SendOpts::default().concurrency_key(&key),
-        )
-        .await?;
-        let many = queue::send_many(
-            &conn,
-            "planned",
-            &[json!(1), json!(2)],
-            SendManyOpts::default(),
-        )
-        .await?;
-        let read = queue::read(&conn, "planned", 10, LEASE).await?;
+        let read = call_every_queue_function(&conn, &format!("k{round}")).await?;
         assert!(!read.is_empty());
-        queue::hide(&conn, "planned", id, Duration::ZERO).await?;
-        queue::hide_many(&conn, "planned", &many, Duration::ZERO).await?;
-        queue::delete(&conn, "planned", id).await?;
-        queue::delete_many(&conn, "planned", &many).await?;
     }
     client
         .send_many("planned", &vec![json!(0); 2_000], SendManyOpts::default())
@@ -587,27 +591,7 @@ async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
     let before = scans().await;
 
     for round in 0..4 {
-        let key = format!("again{round}");
-        let id = queue::send(&conn, "planned", &json!(round), SendOpts::default()).await?;
-        queue::send(
-            &conn,
-            "planned",
-            &json!(round),
-            SendOpts::default().concurrency_key(&key),
-        )
-        .await?;
-        let many = queue::send_many(
-            &conn,
-            "planned",
-            &[json!(1), json!(2)],
-            SendManyOpts::default(),
-        )
-        .await?;
-        queue::read(&conn, "planned", 10, LEASE).await?;
-        queue::hide(&conn, "planned", id, Duration::ZERO).await?;
-        queue::hide_many(&conn, "planned", &many, Duration::ZERO).await?;
-        queue::delete(&conn, "planned", id).await?;
-        queue::delete_many(&conn, "planned", &many).await?;
+        call_every_queue_function(&conn, &format!("again{round}")).await?;
     }
 
     let (seq_scans, entries_read) = scans().await;
