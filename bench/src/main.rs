@@ -68,6 +68,15 @@ const SCENARIOS: &[&str] = &[
     "ceiling", "queue", "tasks", "latency", "flows", "map", "idle", "sql",
 ];
 
+/// Server settings that are `on` in a stock installation and change the
+/// figures when turned off.
+const STOCK_SWITCHES: &[&str] = &[
+    "autovacuum",
+    "fsync",
+    "full_page_writes",
+    "synchronous_commit",
+];
+
 /// The database and settings every scenario runs with.
 pub(crate) struct Bench {
     /// The URL of the fresh bench database.
@@ -126,6 +135,14 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    for (name, value) in &server_settings {
+        if STOCK_SWITCHES.contains(&name.as_str()) && value != "on" {
+            eprintln!(
+                "note: {name} is {value} on this server, and on in a stock installation; \
+                 `cargo xtask bench --stock-server` benchmarks a cluster with initdb's settings"
+            );
+        }
+    }
     let load_before = report::load_average();
     let mut runs = Vec::new();
     for repeat in 0..args.repeat {

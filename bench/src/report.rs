@@ -236,7 +236,7 @@ pub(crate) async fn server_settings(
     let rows = admin
         .query(
             "SELECT name, setting FROM pg_settings
-              WHERE name IN ('autovacuum', 'autovacuum_naptime', 'fsync',
+              WHERE name IN ('autovacuum', 'autovacuum_naptime', 'fsync', 'full_page_writes',
                              'synchronous_commit', 'shared_buffers', 'max_connections')
               ORDER BY name",
             &[],

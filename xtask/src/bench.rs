@@ -24,14 +24,32 @@ pub(crate) struct Args {
     /// and reports the median of each figure.
     #[arg(long, value_name = "N")]
     repeat: Option<usize>,
+    /// Benchmarks a throwaway cluster in target/bench-pg that runs with the
+    /// settings initdb writes (durable commits, autovacuum on) instead of the
+    /// server at CB_CONN, and stops it afterwards.
+    #[arg(long)]
+    stock_server: bool,
 }
 
 /// Ensures a server, then runs `cargo run --release -p catbird-bench` against
 /// it. The bench creates and drops its own database, prints a table and
 /// writes `target/bench/results.json`.
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let url = db::ensure_server().await?;
-    eprintln!("benchmarking against {}", db::redact(&url));
+    if !args.stock_server {
+        let url = db::ensure_server().await?;
+        return run_bench(&args, &url);
+    }
+    let url = db::ensure_throwaway(db::ClusterKind::Stock).await?;
+    let result = run_bench(&args, &url);
+    let stopped = db::stop_cluster(db::ClusterKind::Stock);
+    let code = result?;
+    stopped?;
+    Ok(code)
+}
+
+/// Runs the bench binary against the server at `url`.
+fn run_bench(args: &Args, url: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("benchmarking against {}", db::redact(url));
 
     let commit = current_commit().unwrap_or_default();
 
@@ -58,7 +76,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let command: Vec<String> = std::env::args().skip(1).collect();
     cargo
-        .env("CB_CONN", &url)
+        .env("CB_CONN", url)
         .env("CB_BENCH_COMMIT", commit)
         .env(
             "CB_BENCH_COMMAND",

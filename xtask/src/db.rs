@@ -9,7 +9,15 @@ use tokio_postgres::{Client, Config, NoTls};
 
 mod cluster;
 
-pub(crate) use cluster::stop as stop_throwaway;
+pub(crate) use cluster::Kind as ClusterKind;
+pub(crate) use cluster::ensure_running as ensure_throwaway;
+pub(crate) use cluster::stop as stop_cluster;
+
+/// Stops every throwaway cluster that runs, keeping their data folders.
+pub(crate) fn stop_throwaway() -> anyhow::Result<()> {
+    stop_cluster(ClusterKind::Test)?;
+    stop_cluster(ClusterKind::Stock)
+}
 
 /// The server that `cargo xtask` and the tests use when `CB_CONN` is not set.
 pub(crate) const DEFAULT_CONN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -50,7 +58,7 @@ pub(crate) async fn ensure_server() -> anyhow::Result<String> {
                 "no PostgreSQL server accepts connections at {} ({error:#}); using a throwaway cluster",
                 redact(&url)
             );
-            cluster::ensure_running().await
+            cluster::ensure_running(ClusterKind::Test).await
         }
     }
 }

@@ -33,9 +33,13 @@ enum Command {
     /// first. When no server accepts connections there, starts a cluster from the
     /// local PostgreSQL binaries in target/xtask-pg and prints its URL instead.
     Db {
-        /// Stop the throwaway cluster started by an earlier `cargo xtask db`.
-        #[arg(long)]
+        /// Stop the throwaway clusters of `cargo xtask db` and `cargo xtask bench --stock-server`.
+        #[arg(long, conflicts_with = "stock")]
         stop: bool,
+        /// Start the benchmark cluster in target/bench-pg instead, with the
+        /// settings initdb writes, and print its URL.
+        #[arg(long)]
+        stock: bool,
     },
     /// Run every test and doc test of the workspace against a PostgreSQL server.
     Test(test::Args),
@@ -62,11 +66,18 @@ fn main() -> ExitCode {
 
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Db { stop: true } => db::stop_throwaway().map(|()| ExitCode::SUCCESS),
-            Command::Db { stop: false } => db::ensure_server().await.map(|url| {
-                println!("{url}");
-                ExitCode::SUCCESS
-            }),
+            Command::Db { stop: true, .. } => db::stop_throwaway().map(|()| ExitCode::SUCCESS),
+            Command::Db { stop: false, stock } => {
+                let url = if stock {
+                    db::ensure_throwaway(db::ClusterKind::Stock).await
+                } else {
+                    db::ensure_server().await
+                };
+                url.map(|url| {
+                    println!("{url}");
+                    ExitCode::SUCCESS
+                })
+            }
             Command::Test(args) => test::run(args).await,
             Command::Demo => demo::run().await,
             Command::Migrate(args) => migrate::run(args).await.map(|()| ExitCode::SUCCESS),

@@ -1,7 +1,11 @@
-//! The throwaway PostgreSQL cluster in `target/xtask-pg`, started from the
-//! local PostgreSQL binaries when no server accepts connections at `CB_CONN`.
+//! Throwaway PostgreSQL clusters, started from the local PostgreSQL binaries.
 //!
-//! The folder contains the data folder (`data`), the Unix socket folder
+//! [`Kind::Test`] lives in `target/xtask-pg` and serves the other commands when
+//! no server accepts connections at `CB_CONN`. [`Kind::Stock`] lives in
+//! `target/bench-pg` and runs with the settings `initdb` writes, for
+//! `cargo xtask bench --stock-server`. `cargo xtask db --stop` stops both.
+//!
+//! Each folder contains the data folder (`data`), the Unix socket folder
 //! (`socket`), the server log (`postgres.log`), the TCP port of the last
 //! start (`port`) and a lock file (`lock`). A later call reuses the running cluster when it still
 //! accepts connections on that port, and reuses the data folder otherwise.
@@ -31,10 +35,38 @@ const MAX_SOCKET_PATH: usize = 107;
 /// How many lines of the server log an error message shows.
 const LOG_TAIL_LINES: usize = 20;
 
-/// Returns the URL of the running throwaway cluster, starting it first when
-/// it does not accept connections.
-pub(crate) async fn ensure_running() -> anyhow::Result<String> {
-    let layout = Layout::new()?;
+/// The two throwaway clusters, which differ in folder and server settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The cluster for tests and scripts. It skips flushing to disk, which
+    /// speeds up the many `CREATE DATABASE` calls of the tests.
+    Test,
+    /// The cluster for benchmarks, with every setting as `initdb` leaves it:
+    /// durable commits and autovacuum on.
+    Stock,
+}
+
+impl Kind {
+    fn folder(self) -> &'static str {
+        match self {
+            Kind::Test => "xtask-pg",
+            Kind::Stock => "bench-pg",
+        }
+    }
+
+    /// Returns the `-c name=value` options beyond address, port and socket.
+    fn settings(self) -> &'static str {
+        match self {
+            Kind::Test => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Kind::Stock => "",
+        }
+    }
+}
+
+/// Returns the URL of the running throwaway cluster of `kind`, starting it
+/// first when it does not accept connections.
+pub(crate) async fn ensure_running(kind: Kind) -> anyhow::Result<String> {
+    let layout = Layout::new(kind)?;
     if let Some(url) = layout.running_url().await? {
         return Ok(url);
     }
@@ -62,9 +94,10 @@ pub(crate) async fn ensure_running() -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// Stops the throwaway cluster, keeping its data folder for the next start.
-pub(crate) fn stop() -> anyhow::Result<()> {
-    let layout = Layout::new()?;
+/// Stops the throwaway cluster of `kind`, keeping its data folder for the
+/// next start.
+pub(crate) fn stop(kind: Kind) -> anyhow::Result<()> {
+    let layout = Layout::new(kind)?;
     if !layout.data().join("postmaster.pid").exists() {
         eprintln!(
             "no throwaway cluster is running in {}",
@@ -87,16 +120,18 @@ pub(crate) fn stop() -> anyhow::Result<()> {
     layout.forget_port()
 }
 
-/// The files of the throwaway cluster.
+/// The files of one throwaway cluster.
 struct Layout {
-    /// `target/xtask-pg`, which contains everything else.
+    kind: Kind,
+    /// `target/xtask-pg` or `target/bench-pg`, which contains everything else.
     root: PathBuf,
 }
 
 impl Layout {
-    fn new() -> anyhow::Result<Layout> {
+    fn new(kind: Kind) -> anyhow::Result<Layout> {
         Ok(Layout {
-            root: super::target_dir()?.join("xtask-pg"),
+            kind,
+            root: super::target_dir()?.join(kind.folder()),
         })
     }
 
@@ -343,13 +378,11 @@ fn start_server(layout: &Layout, tools: &Tools, port: u16) -> anyhow::Result<()>
         utf8(&socket_dir)?.to_owned()
     };
 
-    // pg_ctl passes these options to the server through /bin/sh. The cluster
-    // is disposable, so it skips flushing to disk, which speeds up the many
-    // CREATE DATABASE calls of the tests.
+    // pg_ctl passes these options to the server through /bin/sh.
     let server_options = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -k {} \
-         -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-        shell_quote(&socket_dir)
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} {}",
+        shell_quote(&socket_dir),
+        layout.kind.settings()
     );
     let timeout = START_TIMEOUT.as_secs().to_string();
     let start = tools.pg_tool(
@@ -661,6 +694,13 @@ fn os_args<'a>(args: &'a [&'a str]) -> Vec<&'a OsStr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stock_cluster_keeps_initdb_settings() {
+        assert_eq!(Kind::Stock.settings(), "");
+        assert!(Kind::Test.settings().contains("fsync=off"));
+        assert_ne!(Kind::Stock.folder(), Kind::Test.folder());
+    }
 
     #[test]
     fn major_version_modern() {
