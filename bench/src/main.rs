@@ -91,6 +91,20 @@ pub(crate) struct Bench {
     pub(crate) warmup: Duration,
 }
 
+impl Bench {
+    /// Vacuums the bench database, so that a workload starts without the
+    /// dead rows of the one before it. Autovacuum would otherwise clean them
+    /// up during the next window, at that workload's expense.
+    pub(crate) async fn settle(&self) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .batch_execute("VACUUM")
+            .await
+            .context("vacuum the bench database between workloads")?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -210,6 +224,7 @@ async fn run_once(
     for scenario in chosen {
         eprintln!("running scenario {scenario}...");
         let started = std::time::Instant::now();
+        bench.settle().await?;
         let mut found = match *scenario {
             "ceiling" => scenarios::ceiling::run(&bench).await?,
             "queue" => scenarios::queue::run(&bench).await?,

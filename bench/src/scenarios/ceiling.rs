@@ -50,6 +50,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
 
     let mut figures = Vec::new();
     for (per_statement, name) in [(1, CEILING_SINGLE), (100, CEILING_BATCH)] {
+        bench.settle().await?;
         let rate = lifecycle(bench, per_statement).await?;
         figures.push(Figure::new(
             "ceiling",

@@ -31,6 +31,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Figure>> {
     ] {
         let queue = format!("bench_queue_{batch}");
         create_queue(&bench.pool, &queue, CreateQueueOpts::default()).await?;
+        bench.settle().await?;
         let rate = cycle(bench, &queue, batch).await?;
         figures.push(
             Figure::new(

@@ -134,6 +134,7 @@ pub(crate) async fn run(bench: &Bench, pgbench: &Path, out: &Path) -> anyhow::Re
             let stem = script.file.trim_end_matches(".sql");
             let object = format!("sql_{stem}_c{clients}");
             create_object(bench, script.object, &object).await?;
+            bench.settle().await?;
             let tps = pgbench_tps(
                 pgbench,
                 &bench.url,
