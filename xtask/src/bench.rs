@@ -26,7 +26,7 @@ pub(crate) struct Args {
     repeat: Option<usize>,
     /// Benchmarks a throwaway cluster in target/bench-pg that runs with the
     /// settings initdb writes (durable commits, autovacuum on) instead of the
-    /// server at CB_CONN, and stops it afterwards.
+    /// server at CB_CONN. Stops it afterwards unless it already ran.
     #[arg(long)]
     stock_server: bool,
 }
@@ -37,6 +37,11 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.stock_server {
         let url = db::ensure_server().await?;
+        return run_bench(&args, &url);
+    }
+    // A cluster that already ran, for example after `cargo xtask db --stock`,
+    // is left running.
+    if let Some(url) = db::throwaway_running(db::ClusterKind::Stock).await? {
         return run_bench(&args, &url);
     }
     let url = db::ensure_throwaway(db::ClusterKind::Stock).await?;

@@ -11,6 +11,7 @@ mod cluster;
 
 pub(crate) use cluster::Kind as ClusterKind;
 pub(crate) use cluster::ensure_running as ensure_throwaway;
+pub(crate) use cluster::running as throwaway_running;
 pub(crate) use cluster::stop as stop_cluster;
 
 /// Stops every throwaway cluster that runs, keeping their data folders.

@@ -94,6 +94,12 @@ pub(crate) async fn ensure_running(kind: Kind) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// Returns the URL of the throwaway cluster of `kind` when it runs and
+/// accepts connections, without starting it.
+pub(crate) async fn running(kind: Kind) -> anyhow::Result<Option<String>> {
+    Layout::new(kind)?.running_url().await
+}
+
 /// Stops the throwaway cluster of `kind`, keeping its data folder for the
 /// next start.
 pub(crate) fn stop(kind: Kind) -> anyhow::Result<()> {
