@@ -68,8 +68,8 @@ const SCENARIOS: &[&str] = &[
     "ceiling", "queue", "tasks", "latency", "flows", "map", "idle", "sql",
 ];
 
-/// Server settings that are `on` in a stock installation and change the
-/// figures when turned off.
+/// Server settings that are on in a stock installation and change the
+/// figures when turned `off`.
 const STOCK_SWITCHES: &[&str] = &[
     "autovacuum",
     "fsync",
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
             .join(" ")
     );
     for (name, value) in &server_settings {
-        if STOCK_SWITCHES.contains(&name.as_str()) && value != "on" {
+        if STOCK_SWITCHES.contains(&name.as_str()) && value == "off" {
             eprintln!(
                 "note: {name} is {value} on this server, and on in a stock installation; \
                  `cargo xtask bench --stock-server` benchmarks a cluster with initdb's settings"

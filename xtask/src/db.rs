@@ -15,9 +15,11 @@ pub(crate) use cluster::running as throwaway_running;
 pub(crate) use cluster::stop as stop_cluster;
 
 /// Stops every throwaway cluster that runs, keeping their data folders.
+/// Tries the stock cluster even when stopping the test cluster failed.
 pub(crate) fn stop_throwaway() -> anyhow::Result<()> {
-    stop_cluster(ClusterKind::Test)?;
-    stop_cluster(ClusterKind::Stock)
+    let test = stop_cluster(ClusterKind::Test);
+    let stock = stop_cluster(ClusterKind::Stock);
+    test.and(stock)
 }
 
 /// The server that `cargo xtask` and the tests use when `CB_CONN` is not set.

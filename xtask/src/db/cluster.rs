@@ -42,7 +42,8 @@ pub(crate) enum Kind {
     /// speeds up the many `CREATE DATABASE` calls of the tests.
     Test,
     /// The cluster for benchmarks, with every setting as `initdb` leaves it:
-    /// durable commits and autovacuum on.
+    /// durable commits and autovacuum on. Each start initialises a new data
+    /// folder.
     Stock,
 }
 
@@ -77,6 +78,16 @@ pub(crate) async fn ensure_running(kind: Kind) -> anyhow::Result<String> {
     // Another call may have started the cluster while this one waited.
     if let Some(url) = layout.running_url().await? {
         return Ok(url);
+    }
+    if kind == Kind::Stock {
+        // NOTE: settings changed with ALTER SYSTEM and databases left by an
+        // interrupted bench live in the data folder, so each start of the
+        // stock cluster begins from a new one.
+        stop_unreachable_server(&layout, &tools)?;
+        let data = layout.data();
+        if data.exists() {
+            remove_folder(&data)?;
+        }
     }
     init_data_folder(&layout, &tools)?;
     stop_unreachable_server(&layout, &tools)?;
