@@ -8,7 +8,8 @@
 //! Each folder contains the data folder (`data`), the Unix socket folder
 //! (`socket`), the server log (`postgres.log`), the TCP port of the last
 //! start (`port`) and a lock file (`lock`). A later call reuses the running cluster when it still
-//! accepts connections on that port, and reuses the data folder otherwise.
+//! accepts connections on that port. Otherwise the test cluster starts on its
+//! old data folder, and the stock cluster on a new one.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -48,6 +49,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// Returns the name of the cluster's folder under `target`.
     fn folder(self) -> &'static str {
         match self {
             Kind::Test => "xtask-pg",
@@ -79,18 +81,17 @@ pub(crate) async fn ensure_running(kind: Kind) -> anyhow::Result<String> {
     if let Some(url) = layout.running_url().await? {
         return Ok(url);
     }
+    stop_unreachable_server(&layout, &tools)?;
     if kind == Kind::Stock {
         // NOTE: settings changed with ALTER SYSTEM and databases left by an
         // interrupted bench live in the data folder, so each start of the
         // stock cluster begins from a new one.
-        stop_unreachable_server(&layout, &tools)?;
         let data = layout.data();
         if data.exists() {
             remove_folder(&data)?;
         }
     }
     init_data_folder(&layout, &tools)?;
-    stop_unreachable_server(&layout, &tools)?;
 
     let started = Instant::now();
     let port = free_port()?;
