@@ -204,18 +204,52 @@ async fn busy_step_table_gets_vacuumed() -> anyhow::Result<()> {
 
 /// Opens a cursor over an index-only scan of the primary key of `table` and
 /// fetches one row, so the session keeps a pin on one leaf page.
+///
+/// A vacuum removes only the versions that died before the oldest snapshot
+/// of the database, here the cursor's. A transaction that was running in
+/// any database when that snapshot was taken moves its horizon back, and
+/// parallel tests run such transactions. So the cursor opens again until
+/// its snapshot sees everything finished before this call as finished.
 async fn pin_primary_key(db: &TestDb, table: &str) -> tokio_postgres::Client {
     let reader = db.connect().await;
-    reader
-        .batch_execute(&format!(
-            "BEGIN;
-             SET LOCAL enable_seqscan = off;
-             SET LOCAL enable_bitmapscan = off;
-             DECLARE pinned CURSOR FOR SELECT id FROM {table} ORDER BY id;
-             FETCH 1 FROM pinned;"
-        ))
+    let marker: i64 = reader
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
         .await
-        .expect("open the pinning cursor");
+        .expect("take a transaction id")
+        .get(0);
+    wait_for(
+        "a snapshot newer than every other transaction",
+        Duration::from_secs(60),
+        || async {
+            reader
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ;
+                     SET LOCAL enable_seqscan = off;
+                     SET LOCAL enable_bitmapscan = off;
+                     DECLARE pinned CURSOR FOR SELECT id FROM {table} ORDER BY id;
+                     FETCH 1 FROM pinned;"
+                ))
+                .await
+                .expect("open the pinning cursor");
+            let horizon: i64 = reader
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                    &[],
+                )
+                .await
+                .expect("read the snapshot's horizon")
+                .get(0);
+            if horizon > marker {
+                return Some(());
+            }
+            reader
+                .batch_execute("ROLLBACK")
+                .await
+                .expect("close the cursor");
+            None
+        },
+    )
+    .await;
     reader
 }
 
@@ -310,5 +344,82 @@ async fn vacuum_yields_to_lock_waiter() {
         .expect("the deletion task does not panic")
         .expect("the deletion succeeds");
     assert!(deleted);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_lock_waiter_leaves_vacuum_running() {
+    let db = TestDb::new().await;
+    let (worker, reader) = vacuum_stuck_on_pin(&db, "rowlocked").await;
+
+    // One session holds a finished run's row lock and two more wait for it.
+    // The second waits on a lock that `pg_locks` files under the table,
+    // though the vacuum does not block it.
+    let holder = db.connect().await;
+    holder
+        .batch_execute(
+            "BEGIN;
+             SELECT id FROM cb_t_rowlocked
+             WHERE id = (SELECT min(id) FROM cb_t_rowlocked) FOR UPDATE",
+        )
+        .await
+        .expect("lock a run's row");
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let waiter = db.connect().await;
+        waiters.push(tokio::spawn(async move {
+            waiter
+                .execute(
+                    "UPDATE cb_t_rowlocked SET status = status
+                     WHERE id = (SELECT min(id) FROM cb_t_rowlocked)",
+                    &[],
+                )
+                .await
+        }));
+    }
+    let observer = db.connect().await;
+    wait_for(
+        "a session to wait for a row's lock",
+        Duration::from_secs(20),
+        || async {
+            let row = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'tuple'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) > 0).then_some(())
+        },
+    )
+    .await;
+
+    // Nothing reports that the worker saw the waiter and kept its vacuum,
+    // so give it five of its checks (200 ms apart).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database()
+               AND query LIKE 'VACUUM%' AND wait_event = 'BufferPin'",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .get(0);
+    assert!(waiting > 0, "the vacuum gave way to a row lock's waiter");
+
+    holder
+        .batch_execute("COMMIT")
+        .await
+        .expect("release the row");
+    for waiter in waiters {
+        let updated = waiter
+            .await
+            .expect("the waiter does not panic")
+            .expect("the update succeeds");
+        assert_eq!(updated, 1);
+    }
+    drop(reader);
     worker.stop().await;
 }
