@@ -981,3 +981,93 @@ async fn every_client_statement_prepares() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Lease renewals lock runs in id order, as batched completions do, so the
+/// two never wait for each other in a cycle. The renewal here is planned
+/// as a sequential scan, which visits the runs in their order on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewal_locks_runs_in_id_order() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = db.connect().await;
+    client
+        .execute("SELECT cb_create_task(name => 'job')", &[])
+        .await?;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(run_id(&client, "SELECT cb_run_task(name => 'job', input => '0')").await);
+    }
+    let (first, rest) = (ids[0], vec![ids[1], ids[2]]);
+    assert_eq!(claim(&client, "job", 3, 60_000).await.len(), 3);
+    // Giving the first run back and claiming it again writes its newest
+    // version after the others on disk.
+    let released: bool = client
+        .query_one(
+            "SELECT cb_release_task(name => 'job', id => $1, attempt => 1, delay => 0)",
+            &[&first],
+        )
+        .await?
+        .get(0);
+    assert!(released);
+    assert_eq!(claim(&client, "job", 1, 60_000).await, [(first, 1)]);
+
+    let holder = db.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM cb_t_job WHERE id = {first} FOR UPDATE"
+        ))
+        .await?;
+    let renewer = db.connect().await;
+    renewer
+        .batch_execute("SET enable_indexscan = off; SET enable_bitmapscan = off")
+        .await?;
+    let renewer_pid: i32 = renewer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let renewal = {
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            renewer
+                .query(
+                    "SELECT * FROM cb_hide_tasks(name => 'job', ids => $1, hide_for => 60000)",
+                    &[&ids],
+                )
+                .await
+                .map(|rows| rows.iter().map(|row| row.get(0)).collect::<Vec<i64>>())
+        })
+    };
+    wait_for(
+        "the renewal to wait for the first run's lock",
+        DEADLINE,
+        || async {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                    &[&renewer_pid],
+                )
+                .await
+                .ok()?;
+            row.get::<_, bool>(0).then_some(())
+        },
+    )
+    .await;
+
+    let free: Vec<i64> = client
+        .query(
+            "SELECT id FROM cb_t_job WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
+            &[&rest],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        free, rest,
+        "the renewal locked later runs before the first one"
+    );
+
+    holder.batch_execute("COMMIT").await?;
+    let renewed = tokio::time::timeout(DEADLINE, renewal).await???;
+    assert_eq!(renewed, ids);
+    Ok(())
+}

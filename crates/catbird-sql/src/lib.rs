@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -133,6 +133,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 9,
         name: "shared_queue_table",
         source: include_str!("../../../sql/0009_shared_queue_table.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "ordered_lease_renewal",
+        source: include_str!("../../../sql/0010_ordered_lease_renewal.sql"),
     },
 ];
 
