@@ -5,7 +5,7 @@
 //! flow, until its standard input closes, then shuts the worker down and
 //! exits.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -33,6 +33,13 @@ pub(crate) struct WorkerArgs {
 
 /// Runs the child's worker until standard input closes.
 pub(crate) async fn serve(args: &WorkerArgs) -> anyhow::Result<()> {
+    // Warnings and errors go to the bench's standard error, so a claim or
+    // completion that keeps failing shows at once, not as a stalled drain.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .init();
     // The claim loop and the executions share the pool with a little room
     // for heartbeats and completions.
     let pool = catbird_core::pool_from_url(&args.url, args.concurrency + 4)?;
