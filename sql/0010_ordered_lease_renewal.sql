@@ -7,8 +7,8 @@
 -- order on disk. A worker renews the leases of runs while it completes
 -- others of the same batch, so under load a renewal and a completion
 -- deadlocked, and PostgreSQL aborted one of them. Renewals now lock in id
--- order as well. A batch of map items is locked the same way after its
--- runs, since a renewal of items locks no run.
+-- order as well. A batch of map item completions locks its items and then
+-- their step runs the same way after its runs.
 
 -- migrate:up
 
@@ -88,7 +88,7 @@ END;
 $$;
 
 -- Completes map items in one statement, as in version 6, but locks the
--- items in id order after their runs.
+-- items and then their step runs in id order after their runs.
 CREATE OR REPLACE FUNCTION cb_complete_map_tasks(flow text, ids bigint[], attempts integer[], outputs jsonb[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql AS $$
@@ -116,11 +116,19 @@ BEGIN
             WHERE r.id IN (SELECT m.flow_run_id FROM %I m WHERE m.id = ANY($1))
             ORDER BY r.id FOR UPDATE OF r) locked$sql$, v_runs, 'cb_m_' || flow)
         USING ids;
-    -- NOTE: then the items, in id order too, as cb_hide_map_tasks does.
+    -- NOTE: then the items and their step runs, each in id order, as
+    -- cb_hide_map_tasks and cb_hide_steps lock them. A generator's step run
+    -- stays started, so its lease is renewed while its items complete.
     EXECUTE format($sql$
         SELECT count(*) FROM (
             SELECT m.id FROM %I m WHERE m.id = ANY($1)
             ORDER BY m.id FOR UPDATE OF m) locked$sql$, 'cb_m_' || flow)
+        USING ids;
+    EXECUTE format($sql$
+        SELECT count(*) FROM (
+            SELECT s.id FROM %I s
+            WHERE s.id IN (SELECT m.step_run_id FROM %I m WHERE m.id = ANY($1))
+            ORDER BY s.id FOR UPDATE OF s) locked$sql$, 'cb_s_' || flow, 'cb_m_' || flow)
         USING ids;
 
     EXECUTE format($sql$

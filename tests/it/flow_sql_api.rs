@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use catbird_core::{SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED, SQLSTATE_NOT_FOUND};
-use catbird_tests::TestDb;
+use catbird_tests::{TestDb, wait_for};
 use serde_json::{Value, json};
 use tokio_postgres::{Client, Row};
 
@@ -975,5 +975,95 @@ async fn sql_release_step_gives_the_claim_back() -> anyhow::Result<()> {
         ("validate".to_owned(), "canceled".to_owned())
     );
     assert_eq!(run_status(&client, canceling).await, "canceled");
+    Ok(())
+}
+
+/// A batch of item completions locks the items' step runs in id order, as
+/// a lease renewal of step runs does. A generator's step run stays started
+/// while its items run, so the worker renews its lease meanwhile, and any
+/// other order could deadlock the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_completion_locks_steps_in_order() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let client = db.connect().await;
+    client
+        .batch_execute(
+            r#"SELECT cb_create_flow(name => 'gen', steps => '[{"name": "g", "kind": "generator"}]');
+               SELECT cb_run_flow(name => 'gen', input => '0') FROM generate_series(1, 8);
+               SELECT count(*) FROM cb_claim_steps(flow => 'gen', step => 'g', quantity => 8, hide_for => 600000);
+               SELECT cb_start_generator_step('gen', id, 1) FROM cb_s_gen;
+               SELECT cb_spawn_generator_map_tasks('gen', id, 1, '[1]') FROM cb_s_gen;
+               SELECT count(*) FROM cb_claim_map_tasks(flow => 'gen', step => 'g', quantity => 8, hide_for => 600000);"#,
+        )
+        .await?;
+    let steps: Vec<i64> = rows(&client, "SELECT id FROM cb_s_gen ORDER BY id")
+        .await
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(steps.len(), 8);
+    let items = rows(&client, "SELECT id, attempts FROM cb_m_gen ORDER BY id").await;
+    let item_ids: Vec<i64> = items.iter().map(|row| row.get(0)).collect();
+    let attempts: Vec<i32> = items.iter().map(|row| row.get(1)).collect();
+    let outputs = vec![json!(1); items.len()];
+
+    let holder = db.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM cb_s_gen WHERE id = {} FOR UPDATE",
+            steps[0]
+        ))
+        .await?;
+    let completer = db.connect().await;
+    let completer_pid: i32 = completer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let completion = {
+        let item_ids = item_ids.clone();
+        tokio::spawn(async move {
+            completer
+                .query(
+                    "SELECT * FROM cb_complete_map_tasks(flow => 'gen', ids => $1, attempts => $2, outputs => $3)",
+                    &[&item_ids, &attempts, &outputs],
+                )
+                .await
+                .map(|rows| rows.iter().map(|row| row.get(0)).collect::<Vec<i64>>())
+        })
+    };
+    wait_for(
+        "the completion to wait for the first step run's lock",
+        Duration::from_secs(20),
+        || async {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                    &[&completer_pid],
+                )
+                .await
+                .ok()?;
+            row.get::<_, bool>(0).then_some(())
+        },
+    )
+    .await;
+
+    let free: Vec<i64> = client
+        .query(
+            "SELECT id FROM cb_s_gen WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
+            &[&steps[1..].to_vec()],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        free,
+        steps[1..],
+        "the completion locked later step runs before the first one"
+    );
+
+    holder.batch_execute("COMMIT").await?;
+    let completed = tokio::time::timeout(Duration::from_secs(20), completion).await???;
+    assert_eq!(completed, item_ids);
     Ok(())
 }

@@ -205,9 +205,11 @@ const MAX_DURATION: Duration = Duration::from_secs(60);
 /// Counts the sessions waiting for a lock on a table itself. Waits for a
 /// row's lock or for the lock that extends the table also name the table in
 /// `pg_locks`, but a vacuum blocks neither, and under a slow disk they come
-/// and go all the time.
+/// and go all the time. A database copied from this one has tables with
+/// the same oids, so waiters in other databases do not count.
 const LOCK_WAITERS: &str = "SELECT count(*) FROM pg_locks \
-     WHERE NOT granted AND locktype = 'relation' AND relation = to_regclass($1)";
+     WHERE NOT granted AND locktype = 'relation' AND relation = to_regclass($1) \
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
 /// Vacuums `table`, unless another vacuum is running on it.
 ///
