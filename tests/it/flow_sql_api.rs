@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use catbird_core::{SQLSTATE_INVALID_ARGUMENT, SQLSTATE_NOT_DEFINED, SQLSTATE_NOT_FOUND};
-use catbird_tests::{TestDb, wait_for};
+use catbird_tests::TestDb;
 use serde_json::{Value, json};
 use tokio_postgres::{Client, Row};
 
-use crate::helpers::sqlstate;
+use crate::helpers::{sqlstate, wait_for_lock_wait};
 
 /// The order flow of these tests: `notify` ignores the output of `validate`,
 /// and `ship` depends on `notify` as an optional dependency.
@@ -1031,19 +1031,10 @@ async fn item_completion_locks_steps_in_order() -> anyhow::Result<()> {
                 .map(|rows| rows.iter().map(|row| row.get(0)).collect::<Vec<i64>>())
         })
     };
-    wait_for(
+    wait_for_lock_wait(
+        &client,
+        completer_pid,
         "the completion to wait for the first step run's lock",
-        Duration::from_secs(20),
-        || async {
-            let row = client
-                .query_one(
-                    "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
-                    &[&completer_pid],
-                )
-                .await
-                .ok()?;
-            row.get::<_, bool>(0).then_some(())
-        },
     )
     .await;
 

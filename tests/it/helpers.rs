@@ -1,4 +1,4 @@
-//! Helpers shared by the queue and migration tests.
+//! Helpers shared by the integration tests.
 
 use std::sync::Mutex;
 
@@ -30,6 +30,23 @@ pub(crate) async fn depth(pool: &Pool, queue: &str) -> i64 {
         .await
         .expect("count the queue's messages")
         .get(0)
+}
+
+/// Waits until the session with backend `pid` waits for a lock, such as a
+/// row lock that another transaction holds. `what` names the wait in the
+/// failure message.
+pub(crate) async fn wait_for_lock_wait(observer: &tokio_postgres::Client, pid: i32, what: &str) {
+    catbird_tests::wait_for(what, std::time::Duration::from_secs(20), || async {
+        let row = observer
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .ok()?;
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
 }
 
 /// Returns the SQLSTATE of a database error, or `None` for another error.

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio_postgres::{AsyncMessage, Client, Row};
 
+use crate::helpers::wait_for_lock_wait;
 use crate::task_support::DEADLINE;
 
 /// Returns the SQLSTATE of a failed statement.
@@ -1036,19 +1037,10 @@ async fn lease_renewal_locks_runs_in_id_order() -> anyhow::Result<()> {
                 .map(|rows| rows.iter().map(|row| row.get(0)).collect::<Vec<i64>>())
         })
     };
-    wait_for(
+    wait_for_lock_wait(
+        &client,
+        renewer_pid,
         "the renewal to wait for the first run's lock",
-        DEADLINE,
-        || async {
-            let row = client
-                .query_one(
-                    "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
-                    &[&renewer_pid],
-                )
-                .await
-                .ok()?;
-            row.get::<_, bool>(0).then_some(())
-        },
     )
     .await;
 

@@ -209,7 +209,8 @@ async fn busy_step_table_gets_vacuumed() -> anyhow::Result<()> {
 /// of the database, here the cursor's. A transaction that was running in
 /// any database when that snapshot was taken moves its horizon back, and
 /// parallel tests run such transactions. So the cursor opens again until
-/// its snapshot sees everything finished before this call as finished.
+/// its snapshot is newer than every transaction running when this call
+/// began.
 async fn pin_primary_key(db: &TestDb, table: &str) -> tokio_postgres::Client {
     let reader = db.connect().await;
     let marker: i64 = reader
@@ -253,6 +254,21 @@ async fn pin_primary_key(db: &TestDb, table: &str) -> tokio_postgres::Client {
     reader
 }
 
+/// Counts the vacuums of the database that wait for a page another session
+/// keeps pinned.
+async fn vacuums_on_pin(observer: &tokio_postgres::Client) -> i64 {
+    observer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database()
+               AND query LIKE 'VACUUM%' AND wait_event = 'BufferPin'",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .get(0)
+}
+
 /// Starts a worker on `task`, finishes 4,000 runs, pins the primary key and
 /// feeds runs until the worker's vacuum waits on the pin.
 async fn vacuum_stuck_on_pin(db: &TestDb, task: &str) -> (Running, tokio_postgres::Client) {
@@ -271,17 +287,7 @@ async fn vacuum_stuck_on_pin(db: &TestDb, task: &str) -> (Running, tokio_postgre
     let observer = db.connect().await;
     let started = Instant::now();
     loop {
-        let waiting: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database()
-                   AND query LIKE 'VACUUM%' AND wait_event = 'BufferPin'",
-                &[],
-            )
-            .await
-            .expect("read pg_stat_activity")
-            .get(0);
-        if waiting > 0 {
+        if vacuums_on_pin(&observer).await > 0 {
             break;
         }
         assert!(
@@ -397,17 +403,10 @@ async fn row_lock_waiter_leaves_vacuum_running() {
     // Nothing reports that the worker saw the waiter and kept its vacuum,
     // so give it five of its checks (200 ms apart).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let waiting: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database()
-               AND query LIKE 'VACUUM%' AND wait_event = 'BufferPin'",
-            &[],
-        )
-        .await
-        .expect("read pg_stat_activity")
-        .get(0);
-    assert!(waiting > 0, "the vacuum gave way to a row lock's waiter");
+    assert!(
+        vacuums_on_pin(&observer).await > 0,
+        "the vacuum gave way to a row lock's waiter"
+    );
 
     holder
         .batch_execute("COMMIT")
