@@ -12,6 +12,31 @@
 
 -- migrate:up
 
+-- Extends the lease of the started rows among `ids` in the run, step or
+-- item table `table_name` to now + `hide_for` milliseconds. Locks them in
+-- id order first and returns the ids extended, ascending. The callers check
+-- the name and `hide_for`.
+CREATE FUNCTION cb_extend_leases(table_name text, ids bigint[], hide_for integer)
+RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY EXECUTE format($sql$
+        WITH locked AS (
+            SELECT id FROM %1$I
+            WHERE id = ANY($1) AND status = 'started'
+            ORDER BY id
+            FOR UPDATE
+        ), hidden AS (
+            UPDATE %1$I r SET visible_at = clock_timestamp() + make_interval(secs => $2 / 1000.0)
+            FROM locked l
+            WHERE r.id = l.id AND r.status = 'started'
+            RETURNING r.id
+        )
+        SELECT id FROM hidden ORDER BY id$sql$, table_name)
+        USING ids, hide_for;
+END;
+$$;
+
 -- Extends the lease of started runs to now + `hide_for` milliseconds,
 -- locking them in id order. Returns the ids extended, ascending.
 CREATE OR REPLACE FUNCTION cb_hide_tasks(name text, ids bigint[], hide_for integer)
@@ -22,20 +47,7 @@ DECLARE
     v_task record := cb_task_table(name);
 BEGIN
     PERFORM cb_check_positive('hide_for', hide_for);
-    RETURN QUERY EXECUTE format($sql$
-        WITH locked AS (
-            SELECT id FROM %1$I
-            WHERE id = ANY($1) AND status = 'started'
-            ORDER BY id
-            FOR UPDATE
-        ), hidden AS (
-            UPDATE %1$I r SET visible_at = clock_timestamp() + make_interval(secs => $2 / 1000.0)
-            FROM locked l
-            WHERE r.id = l.id AND r.status = 'started'
-            RETURNING r.id
-        )
-        SELECT id FROM hidden ORDER BY id$sql$, v_task.table_name)
-        USING ids, hide_for;
+    RETURN QUERY SELECT cb_extend_leases(v_task.table_name, ids, hide_for);
 END;
 $$;
 
@@ -46,20 +58,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM cb_flow_table(flow);
     PERFORM cb_check_positive('hide_for', hide_for);
-    RETURN QUERY EXECUTE format($sql$
-        WITH locked AS (
-            SELECT id FROM %1$I
-            WHERE id = ANY($1) AND status = 'started'
-            ORDER BY id
-            FOR UPDATE
-        ), hidden AS (
-            UPDATE %1$I r SET visible_at = clock_timestamp() + make_interval(secs => $2 / 1000.0)
-            FROM locked l
-            WHERE r.id = l.id AND r.status = 'started'
-            RETURNING r.id
-        )
-        SELECT id FROM hidden ORDER BY id$sql$, 'cb_s_' || flow)
-        USING ids, hide_for;
+    RETURN QUERY SELECT cb_extend_leases('cb_s_' || flow, ids, hide_for);
 END;
 $$;
 
@@ -70,20 +69,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM cb_flow_table(flow);
     PERFORM cb_check_positive('hide_for', hide_for);
-    RETURN QUERY EXECUTE format($sql$
-        WITH locked AS (
-            SELECT id FROM %1$I
-            WHERE id = ANY($1) AND status = 'started'
-            ORDER BY id
-            FOR UPDATE
-        ), hidden AS (
-            UPDATE %1$I r SET visible_at = clock_timestamp() + make_interval(secs => $2 / 1000.0)
-            FROM locked l
-            WHERE r.id = l.id AND r.status = 'started'
-            RETURNING r.id
-        )
-        SELECT id FROM hidden ORDER BY id$sql$, 'cb_m_' || flow)
-        USING ids, hide_for;
+    RETURN QUERY SELECT cb_extend_leases('cb_m_' || flow, ids, hide_for);
 END;
 $$;
 
@@ -285,3 +271,5 @@ BEGIN
     RETURN QUERY SELECT unnest(coalesce(v_done, '{}'));
 END;
 $$;
+
+DROP FUNCTION cb_extend_leases(text, bigint[], integer);

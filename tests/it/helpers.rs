@@ -33,10 +33,14 @@ pub(crate) async fn depth(pool: &Pool, queue: &str) -> i64 {
 }
 
 /// Waits until the session with backend `pid` waits for a lock, such as a
-/// row lock that another transaction holds. `what` names the wait in the
-/// failure message.
-pub(crate) async fn wait_for_lock_wait(observer: &tokio_postgres::Client, pid: i32, what: &str) {
-    catbird_tests::wait_for(what, std::time::Duration::from_secs(20), || async {
+/// row lock that another transaction holds. `condition` names the wait in
+/// the failure message.
+pub(crate) async fn wait_for_lock_wait(
+    observer: &tokio_postgres::Client,
+    pid: i32,
+    condition: &str,
+) {
+    catbird_tests::wait_for(condition, std::time::Duration::from_secs(20), || async {
         let row = observer
             .query_one(
                 "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
