@@ -7,6 +7,7 @@ use catbird_core::queue::{self, CreateQueueOpts, Message, SendManyOpts, SendOpts
 use catbird_core::{Client, Error, NameRule, PollOpts};
 use catbird_tests::{TestDb, wait_for};
 use chrono::TimeDelta;
+use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::helpers::{RecordingExecutor, db_now, db_with_queue, depth};
@@ -605,6 +606,69 @@ async fn queue_functions_keep_index_plans() -> anyhow::Result<()> {
     assert!(
         entries_read < 2_000,
         "the queue functions read {entries_read} index entries"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reads_keep_one_plan_per_session() -> anyhow::Result<()> {
+    let (db, client) = db_with_queue("replanned").await;
+    client
+        .send_many("replanned", &vec![json!(0); 20], SendManyOpts::default())
+        .await?;
+    // auto_explain sends this session the plan of every statement a read
+    // runs, as a notice. A plan made for one call's values shows them as
+    // constants, and making it costs more than the read itself. The
+    // session's one generic plan shows parameters instead.
+    let (conn, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
+    let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = sender.send(notice.message().to_owned());
+            }
+        }
+    });
+    conn.batch_execute(
+        "LOAD 'auto_explain';
+         SET auto_explain.log_min_duration = 0;
+         SET auto_explain.log_nested_statements = on;
+         SET auto_explain.log_level = notice",
+    )
+    .await?;
+    // PL/pgSQL makes plans for the values of the first five calls.
+    for _ in 0..6 {
+        queue::read(&conn, "replanned", 1, LEASE).await?;
+    }
+    while notices.try_recv().is_ok() {}
+
+    let read = queue::read(&conn, "replanned", 1, LEASE).await?;
+
+    assert_eq!(read.len(), 1);
+    let mut plans = Vec::new();
+    while let Ok(notice) = notices.try_recv() {
+        plans.push(notice);
+    }
+    let plan_of = |statement: &str| {
+        plans
+            .iter()
+            .find(|plan| plan.contains(statement))
+            .unwrap_or_else(|| panic!("no plan for {statement:?} among {plans:#?}"))
+    };
+    let select = plan_of("v_rows := ARRAY(");
+    assert!(
+        select.contains("Index Scan using cb_messages_read_idx"),
+        "the read's select left the read order index: {select}"
+    );
+    assert!(
+        select.contains("queue_id = $"),
+        "the read's select was planned for this call: {select}"
+    );
+    let update = plan_of("WITH updated AS (");
+    assert!(
+        update.contains("ctid = ANY ($"),
+        "the read's update was planned for this call: {update}"
     );
     Ok(())
 }

@@ -40,7 +40,7 @@ pub use migrate::{
 };
 
 /// The latest schema version this crate knows.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// The table that records applied versions. It is catbird's own, so it never
 /// collides with an application's migration table.
@@ -138,6 +138,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "ordered_lease_renewal",
         source: include_str!("../../../sql/0010_ordered_lease_renewal.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "read_plan_once",
+        source: include_str!("../../../sql/0011_read_plan_once.sql"),
     },
 ];
 
