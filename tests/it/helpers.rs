@@ -3,9 +3,12 @@
 use std::sync::Mutex;
 
 use catbird_core::{Error, Executor, Params};
+use catbird_tests::TestDb;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use tokio_postgres::Row;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Row};
 
 /// Reads the database clock. Tests compare message times with it because
 /// catbird decides visibility and expiry on the database clock.
@@ -98,4 +101,36 @@ pub(crate) async fn db_with_queue(queue: &str) -> (catbird_tests::TestDb, catbir
         .await
         .expect("create the test queue");
     (db, client)
+}
+
+/// Opens a session on `db` and sends each notice or notification it
+/// receives, as `pick` maps it, to the returned channel in arrival order.
+/// Messages for which `pick` returns `None` are dropped.
+pub(crate) async fn session_with_messages<T: Send + 'static>(
+    db: &TestDb,
+    pick: impl Fn(AsyncMessage) -> Option<T> + Send + 'static,
+) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<T>) {
+    let (client, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .expect("open a session");
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let Some(picked) = pick(message) {
+                if sender.send(picked).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (client, receiver)
+}
+
+/// Returns the payload of a notification, for [`session_with_messages`].
+pub(crate) fn notification_payload(message: AsyncMessage) -> Option<String> {
+    match message {
+        AsyncMessage::Notification(notification) => Some(notification.payload().to_owned()),
+        _ => None,
+    }
 }

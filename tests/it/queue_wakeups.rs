@@ -6,12 +6,10 @@ use std::time::Duration;
 use catbird_core::queue::{self, CreateQueueOpts, SendManyOpts, SendOpts};
 use catbird_tests::TestDb;
 use chrono::TimeDelta;
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_postgres::AsyncMessage;
 
-use crate::helpers::{db_now, db_with_queue};
+use crate::helpers::{db_now, db_with_queue, notification_payload, session_with_messages};
 
 /// A session listening on the wake-up channel, and the payloads it receives.
 struct Listener {
@@ -21,20 +19,7 @@ struct Listener {
 
 impl Listener {
     async fn start(db: &TestDb) -> Listener {
-        let (client, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect the listener");
-        let (sender, payloads) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(Ok(message)) = messages.next().await {
-                if let AsyncMessage::Notification(notification) = message {
-                    if sender.send(notification.payload().to_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let (client, payloads) = session_with_messages(db, notification_payload).await;
         let channel: String = client
             .query_one("SELECT cb_wake_channel()", &[])
             .await

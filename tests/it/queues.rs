@@ -7,10 +7,9 @@ use catbird_core::queue::{self, CreateQueueOpts, Message, SendManyOpts, SendOpts
 use catbird_core::{Client, Error, NameRule, PollOpts};
 use catbird_tests::{TestDb, wait_for};
 use chrono::TimeDelta;
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{RecordingExecutor, db_now, db_with_queue, depth};
+use crate::helpers::{RecordingExecutor, db_now, db_with_queue, depth, session_with_messages};
 
 /// A lease long enough that no message comes back during a test.
 const LEASE: Duration = Duration::from_secs(30);
@@ -620,16 +619,11 @@ async fn reads_keep_one_plan_per_session() -> anyhow::Result<()> {
     // runs, as a notice. A plan made for one call's values shows them as
     // constants, and making it costs more than the read itself. The
     // session's one generic plan shows parameters instead.
-    let (conn, mut connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
-    let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
-                let _ = sender.send(notice.message().to_owned());
-            }
-        }
-    });
+    let (conn, mut notices) = session_with_messages(&db, |message| match message {
+        tokio_postgres::AsyncMessage::Notice(notice) => Some(notice.message().to_owned()),
+        _ => None,
+    })
+    .await;
     // The generic plan's estimated cost grows with the queue. A session
     // that JIT-compiles every plan shows whether reads would compile theirs
     // on every call once a queue is large. Servers built without JIT never

@@ -9,8 +9,8 @@ use catbird_core::{CancellationToken, Client, PollOpts};
 use catbird_tests::{TestDb, wait_for};
 use catbird_worker::{TaskContext, TaskHandler, Worker};
 use serde_json::{Value, json};
-use tokio_postgres::AsyncMessage;
 
+use crate::helpers::{notification_payload, session_with_messages};
 use crate::task_support::{DEADLINE, start};
 
 async fn claim(
@@ -204,16 +204,7 @@ async fn completion_notifies_only_waited_runs() -> anyhow::Result<()> {
         .query_one("SELECT cb_wake_channel()", &[])
         .await?
         .get(0);
-    let (listener, mut connection) =
-        tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
-    let (sender, mut payloads) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            if let AsyncMessage::Notification(notification) = message {
-                let _ = sender.send(notification.payload().to_owned());
-            }
-        }
-    });
+    let (listener, mut payloads) = session_with_messages(&db, notification_payload).await;
     listener
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .await?;

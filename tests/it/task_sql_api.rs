@@ -6,9 +6,9 @@ use std::time::Duration;
 use catbird_tests::{TestDb, wait_for};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tokio_postgres::{AsyncMessage, Client, Row};
+use tokio_postgres::{Client, Row};
 
-use crate::helpers::wait_for_lock_wait;
+use crate::helpers::{notification_payload, session_with_messages, wait_for_lock_wait};
 use crate::task_support::DEADLINE;
 
 /// Returns the SQLSTATE of a failed statement.
@@ -820,16 +820,7 @@ async fn sql_functions_send_wake_ups() -> anyhow::Result<()> {
         .await?
         .get(0);
 
-    let (listener, mut connection) =
-        tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
-    let (sender, mut payloads) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            if let AsyncMessage::Notification(notification) = message {
-                let _ = sender.send(notification.payload().to_owned());
-            }
-        }
-    });
+    let (listener, mut payloads) = session_with_messages(&db, notification_payload).await;
     listener
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .await?;
